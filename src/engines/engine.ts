@@ -1,0 +1,88 @@
+// The Engine interface: one per resource type. Engines stream: a dump is a
+// Readable of uncompressed bytes, a restore consumes one. Compression,
+// hashing and storage are the caller's business, not the engine's.
+import type { Readable } from 'node:stream';
+import type { ObjectCounts, ObjectInfo, ResourceSpec, ResourceType } from '../domain/types.ts';
+
+export interface DumpRequest {
+  resource: ResourceSpec;
+  /** null takes everything; a list names objects (tables, path globs, key patterns) */
+  selection: string[] | null;
+  /** objects to leave out (tables, path globs) */
+  exclude: string[];
+  /** a private directory for temporary files, removed by the caller afterwards */
+  workDir: string;
+  signal: AbortSignal;
+}
+
+export interface DumpInfo {
+  counts: ObjectCounts;
+  serverVersion?: string;
+  toolVersion?: string;
+  warnings: string[];
+}
+
+export interface DumpOutput {
+  /** the uncompressed dump; it errors if the dump fails */
+  stream: Readable;
+  /** artifact base name before the compression suffix, e.g. "db.sqlite", "files.tar" */
+  artifactBase: string;
+  /** how to restore it by hand, e.g. "sqlite database file", "tar archive" */
+  format: string;
+  /** settles after stream has ended: what was dumped, or why the dump failed */
+  info: Promise<DumpInfo>;
+}
+
+export interface RestoreRequest {
+  /** where to restore: the resource itself (in place) or a new target with the same type */
+  target: ResourceSpec;
+  /**
+   * The uncompressed artifact. It errors at its end if the stored bytes fail
+   * their checksum, so an engine must not make its result visible (rename,
+   * commit) before the input has ended without error.
+   */
+  input: Readable;
+  /** what the dump recorded; used to check the restore */
+  expected: ObjectCounts;
+  /** in_place makes the target equal to the backup (what the backup lacks is gone); new_target creates it if missing */
+  mode: 'in_place' | 'new_target';
+  /**
+   * true when the backup took only some objects of the resource: an in-place
+   * restore then replaces those objects and leaves the others alone; false
+   * (full) makes the target equal to the backup.
+   */
+  partial: boolean;
+  workDir: string;
+  signal: AbortSignal;
+}
+
+export interface RestoreReport {
+  /** what the target holds after the restore, counted the same way as at dump time */
+  counts: ObjectCounts;
+  warnings: string[];
+}
+
+export interface ScratchTarget {
+  connection: string;
+  /** removes the scratch target; safe to call twice */
+  cleanup(): Promise<void>;
+}
+
+export interface Engine {
+  readonly type: ResourceType;
+  /** version of the artifact format this engine writes */
+  readonly formatVersion: number;
+
+  /** Checks the form of a connection and options without connecting; throws AppError invalid_connection. */
+  checkConnection(connection: string, options: Record<string, unknown>): void;
+
+  /** Lists what a selection can name. */
+  listObjects(resource: ResourceSpec): Promise<ObjectInfo[]>;
+
+  dump(request: DumpRequest): Promise<DumpOutput>;
+
+  restore(request: RestoreRequest): Promise<RestoreReport>;
+
+  /** A place to restore into for a verification drill, beside nothing the user owns. */
+  scratchTarget(resource: ResourceSpec, workDir: string): Promise<ScratchTarget>;
+}

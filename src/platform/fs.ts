@@ -1,0 +1,49 @@
+// File system helpers for durable writes: temp name, fsync, rename, fsync dir.
+import { open, rename, rm, mkdir } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+/** A temp path beside target, so a rename onto target stays on one file system. */
+export function tempPathBeside(target: string): string {
+  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+}
+
+/** fsyncs a directory so a rename inside it survives a crash. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** fsyncs a file by path. */
+export async function fsyncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Atomically replaces target with data. */
+export async function writeFileAtomic(target: string, data: string | Buffer, mode = 0o644): Promise<void> {
+  await mkdir(dirname(target), { recursive: true });
+  const tmp = tempPathBeside(target);
+  try {
+    const fh = await open(tmp, 'wx', mode);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, target);
+    await fsyncDir(dirname(target));
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
