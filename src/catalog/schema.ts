@@ -1,0 +1,117 @@
+// Row types of the catalog tables. JSON columns are stored as text and
+// parsed by the stores; times are ISO-8601 UTC strings.
+export interface SuperuserTable {
+  id: string;
+  email: string;
+  password_hash: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ApiKeyTable {
+  id: string;
+  name: string;
+  scope: 'read' | 'admin';
+  /** sha256 of the secret; the secret itself is shown once and never stored */
+  key_hash: string;
+  /** the first characters of the secret, to recognise a key in a list */
+  prefix: string;
+  created_at: string;
+  last_used_at: string | null;
+}
+
+export interface InstanceTable {
+  name: string;
+  description: string;
+  max_backups: number | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ResourceTable {
+  instance: string;
+  name: string;
+  type: string;
+  connection: string;
+  replica: string | null;
+  options: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface BackupTable {
+  id: string;
+  instance: string;
+  type: 'full' | 'partial';
+  origin: 'api' | 'import' | 'policy';
+  label: string | null;
+  description: string | null;
+  status: string;
+  status_info: string | null;
+  compression: string;
+  selection: string | null;
+  exclude: string | null;
+  size: number;
+  resources: string;
+  progress: string | null;
+  policy_id: string | null;
+  verify_status: string | null;
+  verify_result: string | null;
+  created_at: string;
+  updated_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+export interface RestoreTable {
+  id: string;
+  instance: string;
+  backup_id: string;
+  resources: string | null;
+  targets: string | null;
+  status: string;
+  status_info: string | null;
+  result: string | null;
+  progress: string | null;
+  created_at: string;
+  updated_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+export type JobKind = 'backup' | 'restore' | 'verify' | 'import';
+export type JobState = 'queued' | 'running' | 'done' | 'failed' | 'cancelled';
+
+export interface JobTable {
+  id: string;
+  kind: JobKind;
+  instance: string;
+  /** the backup or restore row this job works on */
+  subject_id: string;
+  /** 1 when the job holds the instance's lock (backups, restores, imports) */
+  exclusive: number;
+  state: JobState;
+  payload: string;
+  lease_owner: string | null;
+  lease_expires_at: string | null;
+  cancel_requested: number;
+  error: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface SettingTable {
+  key: string;
+  value: string;
+}
+
+export interface Database {
+  superusers: SuperuserTable;
+  api_keys: ApiKeyTable;
+  instances: InstanceTable;
+  resources: ResourceTable;
+  backups: BackupTable;
+  restores: RestoreTable;
+  jobs: JobTable;
+  settings: SettingTable;
+}
