@@ -25,6 +25,7 @@ export const ERRORS = {
   restore_not_found: { status: 404, message: 'No restore has this id.' },
   key_not_found: { status: 404, message: 'No API key has this id.' },
   already_exists: { status: 409, message: 'An item with this name already exists.' },
+  target_not_empty: { status: 409, message: 'The restore target already holds data; choose an empty target or restore in place.' },
   operation_in_progress: { status: 409, message: 'Another operation on this instance is already waiting or running; wait for it to finish.' },
   backup_in_use: { status: 409, message: 'A job is using this backup; wait for it to finish or cancel it first.' },
   backup_not_ready: { status: 409, message: 'The backup has not finished successfully, so it cannot be used for this.' },

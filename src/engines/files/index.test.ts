@@ -1,0 +1,496 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { appendFile, chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import tar from 'tar-stream';
+import { compareCounts } from '../../domain/counts.ts';
+import type { ObjectCounts, ResourceSpec } from '../../domain/types.ts';
+import { AppError, isErrorCode } from '../../errors/index.ts';
+import type { DumpInfo, RestoreRequest } from '../engine.ts';
+import { filesEngine } from './index.ts';
+import { swapContents } from './restore.ts';
+
+type TarHeader = Partial<tar.Header> & { name: string };
+
+const run = promisify(execFile);
+const never = new AbortController().signal;
+
+let root: string;
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), 'bv-files-'));
+});
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+let n = 0;
+async function freshDir(): Promise<string> {
+  return mkdtemp(join(root, `t${n++}-`));
+}
+
+function resource(path: string, options: Record<string, unknown> = {}): ResourceSpec {
+  return { name: 'files', type: 'files', connection: path, options };
+}
+
+const OUTSIDE_MARKER = 'this text lives outside the tree and must never be read';
+const LONG = `${'long-directory-name-'.repeat(4)}/${'x'.repeat(150)}.txt`;
+const T2020 = new Date('2020-01-02T03:04:05Z');
+const T2021 = new Date('2021-06-07T08:09:10Z');
+
+/** A tree with everything the engine must carry; returns the path of a file outside it. */
+async function makeTree(dir: string): Promise<string> {
+  const outside = join(dirname(dir), `outside-${n++}.txt`);
+  await writeFile(outside, OUTSIDE_MARKER);
+  await mkdir(join(dir, 'a/b/c'), { recursive: true });
+  await mkdir(join(dir, 'empty-dir'));
+  await mkdir(join(dir, 'ünïcødé 日本'));
+  await mkdir(join(dir, dirname(LONG)), { recursive: true });
+  await writeFile(join(dir, 'a/hello.txt'), 'hello\n');
+  await writeFile(join(dir, 'a/b/c/deep.txt'), 'deep\n');
+  await writeFile(join(dir, 'empty.txt'), '');
+  await writeFile(join(dir, 'ünïcødé 日本/файл.txt'), 'привет 🙂\n');
+  await writeFile(join(dir, LONG), 'long path\n');
+  await writeFile(join(dir, '.hidden'), 'dotfile\n');
+  // A few MB, not all the same byte.
+  const big = Buffer.alloc(3 * 1024 * 1024 + 123);
+  for (let i = 0; i < big.length; i += 32) createHash('sha256').update(String(i)).digest().copy(big, i);
+  await writeFile(join(dir, 'a/big.bin'), big);
+  await writeFile(join(dir, 'secret.txt'), 'secret\n', { mode: 0o600 });
+  await chmod(join(dir, 'secret.txt'), 0o600);
+  await writeFile(join(dir, 'run.sh'), '#!/bin/sh\necho hi\n');
+  await chmod(join(dir, 'run.sh'), 0o755);
+  await chmod(join(dir, 'a/b'), 0o750);
+  await symlink('a/hello.txt', join(dir, 'link-internal'));
+  await symlink('a', join(dir, 'link-dir'));
+  await symlink(outside, join(dir, 'link-outside'));
+  await utimes(join(dir, 'a/hello.txt'), T2020, T2020);
+  await utimes(join(dir, 'a/b/c'), T2021, T2021);
+  await utimes(join(dir, 'empty-dir'), T2020, T2020);
+  return outside;
+}
+
+interface Node {
+  type: string;
+  mode?: number;
+  mtime?: number;
+  sha?: string;
+  link?: string;
+}
+
+/** Everything observable about a tree: types, modes, mtimes (seconds), contents, link targets. */
+async function treeState(dir: string, rel = '', out: Record<string, Node> = {}): Promise<Record<string, Node>> {
+  for (const name of (await readdir(join(dir, rel))).sort()) {
+    const r = rel ? `${rel}/${name}` : name;
+    const p = join(dir, r);
+    const st = await lstat(p);
+    if (st.isSymbolicLink()) out[r] = { type: 'l', link: await readlink(p) };
+    else if (st.isDirectory()) {
+      out[r] = { type: 'd', mode: st.mode & 0o7777, mtime: Math.floor(st.mtimeMs / 1000) };
+      await treeState(dir, r, out);
+    } else {
+      out[r] = { type: 'f', mode: st.mode & 0o7777, mtime: Math.floor(st.mtimeMs / 1000), sha: createHash('sha256').update(await readFile(p)).digest('hex') };
+    }
+  }
+  return out;
+}
+
+async function dumpToFile(
+  dir: string,
+  opts: { selection?: string[] | null; exclude?: string[]; options?: Record<string, unknown> } = {},
+): Promise<{ file: string; info: DumpInfo }> {
+  const out = await filesEngine.dump({
+    resource: resource(dir, opts.options),
+    selection: opts.selection ?? null,
+    exclude: opts.exclude ?? [],
+    useReplica: false,
+    workDir: join(root, 'work'),
+    signal: never,
+  });
+  assert.equal(out.artifactBase, 'files.tar');
+  assert.equal(out.format, 'tar archive');
+  const file = join(await freshDir(), 'files.tar');
+  await pipeline(out.stream, createWriteStream(file));
+  return { file, info: await out.info };
+}
+
+function restoreReq(target: string, input: Readable | string, expected: ObjectCounts, over: Partial<RestoreRequest> = {}): RestoreRequest {
+  return {
+    target: resource(target),
+    input: typeof input === 'string' ? createReadStream(input) : input,
+    expected,
+    mode: 'in_place',
+    partial: false,
+    workDir: join(root, 'work'),
+    signal: never,
+    ...over,
+  };
+}
+
+async function tarNames(file: string): Promise<string[]> {
+  const names: string[] = [];
+  const ex = tar.extract();
+  const done = pipeline(createReadStream(file), ex);
+  for await (const e of ex) {
+    names.push(e.header.name);
+    e.resume();
+  }
+  await done;
+  return names;
+}
+
+function failingAtEnd(file: string): Readable {
+  return Readable.from(
+    (async function* () {
+      for await (const c of createReadStream(file)) yield c as Buffer;
+      throw new AppError('checksum_mismatch', 'test: bad checksum at end');
+    })(),
+    { objectMode: false },
+  );
+}
+
+/** Names beside a target that a restore could leave behind. */
+async function leftovers(dir: string): Promise<string[]> {
+  return (await readdir(dir)).filter((f) => f.includes('.tmp-') || f.includes('backvault'));
+}
+
+describe('files engine', () => {
+  it('checks connections, options and selections', async () => {
+    assert.throws(() => filesEngine.checkConnection('rel/dir', {}), (e) => isErrorCode(e, 'invalid_connection'));
+    assert.throws(() => filesEngine.checkConnection('/', {}), (e) => isErrorCode(e, 'invalid_connection'));
+    assert.throws(() => filesEngine.checkConnection('/srv/x', { exclude: 'cache' }), (e) => isErrorCode(e, 'invalid_connection'));
+    assert.throws(() => filesEngine.checkConnection('/srv/x', { include: ['../etc'] }), (e) => isErrorCode(e, 'invalid_connection'));
+    filesEngine.checkConnection('/srv/x', { include: ['uploads/**'], exclude: ['**/*.tmp'] });
+    const dir = await freshDir();
+    await assert.rejects(
+      filesEngine.dump({ resource: resource(dir), selection: ['/etc/passwd'], exclude: [], useReplica: false, workDir: join(root, 'work'), signal: never }),
+      (e) => isErrorCode(e, 'invalid_selection'),
+    );
+  });
+
+  it('round-trips a tree to a new target, keeping links as links', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const before = await treeState(src);
+    const { file, info } = await dumpToFile(src);
+    assert.equal(info.counts.symlinks, 3);
+    assert.equal(info.counts.files, 9);
+    assert.equal(info.counts.directories, 6);
+    assert.match(info.counts.tree_sha256 ?? '', /^[0-9a-f]{64}$/);
+    // The outside file's bytes were never read into the archive.
+    assert.ok(!(await readFile(file)).includes(OUTSIDE_MARKER));
+    // Relative names, no "./", the long one intact.
+    const names = await tarNames(file);
+    assert.ok(names.includes(LONG));
+    assert.ok(names.every((x) => !x.startsWith('./') && !x.startsWith('/')));
+
+    const target = join(await freshDir(), 'new/deeper/target');
+    const r = await filesEngine.restore(restoreReq(target, file, info.counts, { mode: 'new_target' }));
+    assert.deepEqual(compareCounts(info.counts, r.counts), []);
+    assert.deepEqual(await treeState(target), before);
+    assert.equal((await lstat(join(target, 'link-outside'))).isSymbolicLink(), true);
+    assert.deepEqual(await leftovers(dirname(target)), []);
+
+    // Deterministic: the same tree dumps to the same bytes.
+    const again = await dumpToFile(src);
+    assert.equal(createHash('sha256').update(await readFile(again.file)).digest('hex'), createHash('sha256').update(await readFile(file)).digest('hex'));
+  });
+
+  it('writes an archive GNU tar extracts to the same tree', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const { file } = await dumpToFile(src);
+    const out = await freshDir();
+    await run('tar', ['-xf', file, '-C', out]);
+    assert.deepEqual(await treeState(out), await treeState(src));
+  });
+
+  it('skips sockets and fifos with a warning, and does not enter excluded directories', async () => {
+    const src = await freshDir();
+    await writeFile(join(src, 'f.txt'), 'x');
+    await run('mkfifo', [join(src, 'pipe')]);
+    await mkdir(join(src, 'cache'));
+    await run('mkfifo', [join(src, 'cache/pipe2')]);
+    const { file, info } = await dumpToFile(src, { options: { exclude: ['cache'] } });
+    assert.deepEqual(await tarNames(file), ['f.txt']);
+    assert.equal(info.warnings.length, 1);
+    assert.match(info.warnings[0]!, /^pipe is a socket, fifo or device/);
+  });
+
+  it('full in-place restore makes the target equal to the backup', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    await chmod(src, 0o711);
+    const before = await treeState(src);
+    const { file, info } = await dumpToFile(src);
+    await writeFile(join(src, 'added-later.txt'), 'new');
+    await mkdir(join(src, 'a/new-dir'));
+    await writeFile(join(src, 'a/hello.txt'), 'changed');
+    await rm(join(src, 'a/b/c/deep.txt'));
+    await rm(join(src, 'link-dir'));
+    await mkdir(join(src, 'link-dir'));
+    const r = await filesEngine.restore(restoreReq(src, file, info.counts));
+    assert.deepEqual(compareCounts(info.counts, r.counts), []);
+    assert.deepEqual(await treeState(src), before);
+    // The root keeps its own mode (it is not in the archive).
+    assert.equal((await lstat(src)).mode & 0o7777, 0o711);
+    assert.deepEqual(await leftovers(dirname(src)), []);
+  });
+
+  it('takes a partial selection and exclusions by glob', async () => {
+    const src = await freshDir();
+    await makeTree(src);
+    const deep = await dumpToFile(src, { selection: ['a/b/c/deep.txt'] });
+    // The directories above a selected file come along, so it can be placed.
+    assert.deepEqual(await tarNames(deep.file), ['a/', 'a/b/', 'a/b/c/', 'a/b/c/deep.txt']);
+    assert.equal(deep.info.counts.files, 1);
+    assert.equal(deep.info.counts.directories, 3);
+
+    const sub = await dumpToFile(src, { selection: ['a'], exclude: ['**/*.bin'] });
+    assert.deepEqual(await tarNames(sub.file), ['a/', 'a/b/', 'a/b/c/', 'a/b/c/deep.txt', 'a/hello.txt']);
+
+    const globs = await dumpToFile(src, { selection: ['**/*.txt'], exclude: ['a/b', 'ünïcødé*'] });
+    assert.deepEqual((await tarNames(globs.file)).sort(), ['a/', 'a/hello.txt', 'empty.txt', 'long-directory-name-long-directory-name-long-directory-name-long-directory-name-/', LONG, 'secret.txt'].sort());
+
+    const opts = await dumpToFile(src, { options: { include: ['a/**', '.hidden'], exclude: ['a/big.bin'] }, selection: ['a/b/**', '.hidden'] });
+    assert.deepEqual(await tarNames(opts.file), ['.hidden', 'a/', 'a/b/', 'a/b/c/', 'a/b/c/deep.txt']);
+
+    const none = await dumpToFile(src, { selection: ['nothing/**'] });
+    assert.deepEqual(await tarNames(none.file), []);
+    assert.match(none.info.warnings.join('\n'), /"nothing\/\*\*" matched nothing/);
+  });
+
+  it('partial in-place restore overlays the backed-up paths and leaves the rest', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const before = await treeState(src);
+    const { file, info } = await dumpToFile(src, { selection: ['a/**', 'link-internal'] });
+    await writeFile(join(src, 'a/hello.txt'), 'changed');
+    await rm(join(src, 'a/b/c/deep.txt'));
+    await writeFile(join(src, 'a/new.txt'), 'added after');
+    await writeFile(join(src, 'run.sh'), 'changed too, but not in the backup');
+    await rm(join(src, 'link-internal'));
+    await writeFile(join(src, 'link-internal'), 'a file where the backup has a link');
+    await rm(join(src, 'a/b'), { recursive: true });
+    await symlink('/tmp', join(src, 'a/b')); // a symlink where the backup has a directory
+    const changed = await treeState(src);
+
+    const r = await filesEngine.restore(restoreReq(src, file, info.counts, { partial: true }));
+    assert.deepEqual(compareCounts(info.counts, r.counts), []);
+    const after = await treeState(src);
+    for (const [p, node] of Object.entries(before)) {
+      if (p.startsWith('a') || p === 'link-internal') assert.deepEqual(after[p], node, p);
+      else assert.deepEqual(after[p], changed[p], p);
+    }
+    assert.deepEqual(after['a/new.txt'], changed['a/new.txt']);
+    assert.deepEqual(await leftovers(dirname(src)), []);
+  });
+
+  describe('refuses hostile archives', () => {
+    async function hostileTar(entries: { header: TarHeader; body?: string }[]): Promise<string> {
+      const pack = tar.pack();
+      for (const e of entries) {
+        if (e.body === undefined) pack.entry(e.header);
+        else pack.entry(e.header, e.body);
+      }
+      pack.finalize();
+      const file = join(await freshDir(), 'hostile.tar');
+      await pipeline(pack, createWriteStream(file));
+      return file;
+    }
+
+    const outside = () => join(root, 'outside-target');
+    const cases: [string, (out: string) => { header: TarHeader; body?: string }[]][] = [
+      ['a ../ path', () => [{ header: { name: 'ok.txt' }, body: 'ok' }, { header: { name: '../evil' }, body: 'evil' }]],
+      ['a ../ path inside', () => [{ header: { name: 'a/../../evil' }, body: 'evil' }]],
+      ['an absolute path', (out) => [{ header: { name: `${out}/abs` }, body: 'abs' }]],
+      [
+        'an entry below a symlink',
+        (out) => [
+          { header: { name: 'x', type: 'symlink', linkname: out } },
+          { header: { name: 'x/pwned' }, body: 'pwned' },
+        ],
+      ],
+      [
+        'an entry below a symlink, as a directory',
+        (out) => [
+          { header: { name: 'x', type: 'symlink', linkname: out } },
+          { header: { name: 'x/sub/', type: 'directory' } },
+        ],
+      ],
+      ['a hard link', () => [{ header: { name: 'h', type: 'link', linkname: '/etc/passwd' } }]],
+      ['a device', () => [{ header: { name: 'dev', type: 'character-device', devmajor: 1, devminor: 3 } }]],
+      ['a path given twice', () => [{ header: { name: 'd', type: 'directory' } }, { header: { name: 'd', type: 'symlink', linkname: '/' } }]],
+    ];
+
+    for (const [label, make] of cases) {
+      for (const partial of [false, true]) {
+        it(`${label} (${partial ? 'partial' : 'full'})`, async () => {
+          const out = outside();
+          await mkdir(out, { recursive: true });
+          const base = await freshDir();
+          const target = join(base, 'target');
+          await mkdir(target);
+          await writeFile(join(target, 'keep.txt'), 'keep');
+          const file = await hostileTar(make(out));
+          await assert.rejects(filesEngine.restore(restoreReq(target, file, {}, { partial })), (e) => isErrorCode(e, 'unsafe_path'));
+          assert.deepEqual(await readdir(out), []);
+          assert.deepEqual((await readdir(base)).sort(), ['target']);
+          assert.deepEqual(await readdir(target), ['keep.txt']);
+        });
+      }
+    }
+  });
+
+  it('leaves the target untouched when the input fails at its end', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const full = await dumpToFile(src);
+    const part = await dumpToFile(src, { selection: ['a/**'] });
+    await writeFile(join(src, 'a/hello.txt'), 'changed');
+    await writeFile(join(src, 'added.txt'), 'added');
+    const state = await treeState(src);
+    for (const [f, counts, partial] of [
+      [full.file, full.info.counts, false],
+      [part.file, part.info.counts, true],
+    ] as const) {
+      await assert.rejects(filesEngine.restore(restoreReq(src, failingAtEnd(f), counts, { partial })), (e) => isErrorCode(e, 'checksum_mismatch'));
+      assert.deepEqual(await treeState(src), state);
+      assert.deepEqual(await leftovers(dirname(src)), []);
+    }
+  });
+
+  it('refuses an artifact that is not a tar archive', async () => {
+    const target = join(await freshDir(), 't');
+    await mkdir(target);
+    await writeFile(join(target, 'keep.txt'), 'keep');
+    const junk = join(await freshDir(), 'junk');
+    await writeFile(junk, Buffer.alloc(4096, 'j'));
+    await assert.rejects(filesEngine.restore(restoreReq(target, junk, {})), (e) => isErrorCode(e, 'engine_failed') && /not a valid tar archive/.test(e.message));
+    assert.deepEqual(await readdir(target), ['keep.txt']);
+    assert.deepEqual(await leftovers(dirname(target)), []);
+  });
+
+  it('refuses a restore whose counts do not match, before touching the target', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const { file, info } = await dumpToFile(src);
+    await writeFile(join(src, 'added.txt'), 'added');
+    const state = await treeState(src);
+    await assert.rejects(
+      filesEngine.restore(restoreReq(src, file, { ...info.counts, tree_sha256: '0'.repeat(64) })),
+      (e) => isErrorCode(e, 'verification_failed'),
+    );
+    assert.deepEqual(await treeState(src), state);
+    assert.deepEqual(await leftovers(dirname(src)), []);
+  });
+
+  it('fails when a file changes size while it is read', async () => {
+    for (const change of ['grow', 'shrink'] as const) {
+      const src = await freshDir();
+      const big = join(src, 'growing.log');
+      await writeFile(big, Buffer.alloc(4 * 1024 * 1024, 1));
+      const out = await filesEngine.dump({ resource: resource(src), selection: null, exclude: [], useReplica: false, workDir: join(root, 'work'), signal: never });
+      // Read a little, so the file is being packed, then change it.
+      const it = out.stream[Symbol.asyncIterator]();
+      await it.next();
+      if (change === 'grow') await appendFile(big, 'more');
+      else await truncate(big, 1024 * 1024);
+      await assert.rejects(
+        (async () => {
+          for (;;) if ((await it.next()).done) break;
+        })(),
+        (e) => isErrorCode(e, 'engine_failed') && e.message.includes('growing.log') && /changed size/.test(e.message),
+      );
+      await assert.rejects(out.info, (e) => isErrorCode(e, 'engine_failed'));
+    }
+  });
+
+  it('honours cancellation', async () => {
+    const src = await freshDir();
+    await makeTree(src);
+    const ac = new AbortController();
+    const out = await filesEngine.dump({ resource: resource(src), selection: null, exclude: [], useReplica: false, workDir: join(root, 'work'), signal: ac.signal });
+    const it = out.stream[Symbol.asyncIterator]();
+    await it.next();
+    ac.abort();
+    await assert.rejects(out.info, (e) => isErrorCode(e, 'cancelled'));
+
+    const { file, info } = await dumpToFile(src);
+    const target = join(await freshDir(), 't');
+    const ac2 = new AbortController();
+    const slow = Readable.from(
+      (async function* () {
+        for await (const c of createReadStream(file, { highWaterMark: 64 * 1024 })) {
+          yield c as Buffer;
+          ac2.abort();
+        }
+      })(),
+      { objectMode: false },
+    );
+    await assert.rejects(filesEngine.restore(restoreReq(target, slow, info.counts, { signal: ac2.signal })), (e) => isErrorCode(e, 'cancelled'));
+    assert.deepEqual(await readdir(dirname(target)), []);
+  });
+
+  it('swaps contents in place when the target cannot be renamed (mount point)', async () => {
+    const target = await freshDir();
+    await writeFile(join(target, 'old.txt'), 'old');
+    await mkdir(join(target, 'old-dir'));
+    const staging = join(target, '.backvault-restore-x');
+    await mkdir(join(staging, 'new-dir'), { recursive: true });
+    await writeFile(join(staging, 'new.txt'), 'new');
+    const warnings = await swapContents(staging, target, join(target, '.backvault-old-x'));
+    assert.deepEqual(warnings, []);
+    assert.deepEqual((await readdir(target)).sort(), ['.backvault-restore-x', 'new-dir', 'new.txt']);
+    assert.deepEqual(await readdir(staging), []);
+  });
+
+  it('dumps from the replica when asked to', async () => {
+    const primary = await freshDir();
+    const replica = await freshDir();
+    await writeFile(join(primary, 'p.txt'), 'primary');
+    await writeFile(join(replica, 'r.txt'), 'replica');
+    const spec = { ...resource(primary), replica };
+    for (const [useReplica, want] of [
+      [true, ['r.txt']],
+      [false, ['p.txt']],
+    ] as const) {
+      const out = await filesEngine.dump({ resource: spec, selection: null, exclude: [], useReplica, workDir: join(root, 'work'), signal: never });
+      const file = join(await freshDir(), 'x.tar');
+      await pipeline(out.stream, createWriteStream(file));
+      await out.info;
+      assert.deepEqual(await tarNames(file), want);
+    }
+  });
+
+  it('lists the top level and gives a scratch target inside workDir', async () => {
+    const src = await freshDir();
+    await makeTree(src);
+    const objects = await filesEngine.listObjects(resource(src, { exclude: ['a'] }));
+    assert.deepEqual(
+      objects.map((o) => `${o.kind}:${o.name}`),
+      ['file:.hidden', 'directory:empty-dir', 'file:empty.txt', 'file:link-dir', 'file:link-internal', 'file:link-outside', `directory:${dirname(LONG)}`, 'file:run.sh', 'file:secret.txt', 'directory:ünïcødé 日本'],
+    );
+    const { file, info } = await dumpToFile(src);
+    const work = join(await freshDir(), 'work');
+    const scratch = await filesEngine.scratchTarget(resource(src), work);
+    assert.ok(scratch.connection.startsWith(`${work}/`));
+    const r = await filesEngine.restore(restoreReq(scratch.connection, file, info.counts, { mode: 'new_target' }));
+    assert.deepEqual(compareCounts(info.counts, r.counts), []);
+    await scratch.cleanup();
+    await scratch.cleanup();
+    assert.deepEqual(await readdir(work), []);
+  });
+});

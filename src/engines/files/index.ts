@@ -1,0 +1,166 @@
+// The files engine: a directory tree as a tar archive (directories, regular
+// files, symlinks as links; modes and mtimes kept), restorable with GNU tar.
+import { mkdir, mkdtemp, readdir, lstat, realpath, rm, stat, chmod, chown } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { compareCounts } from '../../domain/counts.ts';
+import type { ObjectInfo, ResourceSpec } from '../../domain/types.ts';
+import { AppError, isAppError } from '../../errors/index.ts';
+import { tempPathBeside } from '../../platform/fs.ts';
+import type { DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
+import { dumpTree } from './dump.ts';
+import { extractInto, overlayInto, swapContents, swapInto } from './restore.ts';
+import { checkGlobs, PathFilter } from './select.ts';
+import { byteCompare, countTree } from './tree.ts';
+
+function checkPath(connection: unknown): string {
+  if (typeof connection !== 'string' || connection === '' || connection.includes('\0') || !isAbsolute(connection)) {
+    throw new AppError('invalid_connection', 'A files connection is the absolute path of a directory, e.g. /srv/app/uploads.');
+  }
+  const p = normalize(connection);
+  if (p === '/') throw new AppError('invalid_connection', 'A files connection cannot be the root directory /.');
+  return p.endsWith('/') ? p.slice(0, -1) : p;
+}
+
+function optionGlobs(options: Record<string, unknown>): { include: string[] | null; exclude: string[] } {
+  return {
+    include: options.include === undefined ? null : checkGlobs(options.include, 'options.include', 'invalid_connection'),
+    exclude: options.exclude === undefined ? [] : checkGlobs(options.exclude, 'options.exclude', 'invalid_connection'),
+  };
+}
+
+async function checkDirectory(root: string): Promise<void> {
+  let st;
+  try {
+    st = await stat(root);
+  } catch (err) {
+    throw new AppError('engine_failed', `The directory ${root} cannot be read: ${(err as Error).message}`, undefined, { cause: err });
+  }
+  if (!st.isDirectory()) throw new AppError('engine_failed', `${root} is not a directory.`);
+}
+
+async function dump(req: DumpRequest): Promise<DumpOutput> {
+  // A replica (a copy kept in sync elsewhere) spares the primary the read when the backup asks for it.
+  const root = checkPath(req.useReplica && req.resource.replica ? req.resource.replica : req.resource.connection);
+  const opts = optionGlobs(req.resource.options);
+  const selection = req.selection === null ? null : checkGlobs(req.selection, 'selection', 'invalid_selection');
+  const exclude = checkGlobs(req.exclude, 'exclude', 'invalid_selection');
+  if (req.signal.aborted) throw new AppError('cancelled');
+  await checkDirectory(root);
+  const filter = new PathFilter([opts.include, selection], [...opts.exclude, ...exclude]);
+  const { stream, info } = dumpTree(root, filter, req.signal);
+  return { stream, artifactBase: 'files.tar', format: 'tar archive', info };
+}
+
+function isNotFound(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
+}
+
+/** The real directory to restore into (a symlinked target is followed once, here), and whether it exists. */
+async function resolveTarget(path: string): Promise<{ dir: string; exists: boolean }> {
+  try {
+    const dir = await realpath(path);
+    if (!(await stat(dir)).isDirectory()) throw new AppError('engine_failed', `${path} exists and is not a directory.`);
+    return { dir, exists: true };
+  } catch (err) {
+    if (isNotFound(err)) return { dir: path, exists: false };
+    throw err;
+  }
+}
+
+async function restore(req: RestoreRequest): Promise<RestoreReport> {
+  const signal = req.signal;
+  if (signal.aborted) throw new AppError('cancelled');
+  const { dir: target, exists } = await resolveTarget(checkPath(req.target.connection));
+  await mkdir(dirname(target), { recursive: true });
+  const overlay = req.partial && req.mode === 'in_place';
+
+  // Staging beside target keeps every rename on one file system. A mount
+  // point (a Docker volume, say) is its own file system and cannot be
+  // renamed, so there staging goes inside it.
+  const targetStat = exists ? await lstat(target) : null;
+  const mountPoint = targetStat !== null && targetStat.dev !== (await lstat(dirname(target))).dev;
+  const tag = randomBytes(6).toString('hex');
+  const staging = mountPoint ? join(target, `.backvault-restore-${tag}`) : tempPathBeside(target);
+  await mkdir(staging, { mode: 0o700 });
+  try {
+    const list = await extractInto(staging, req.input, signal);
+    const counts = await countTree(staging, signal);
+    // Check before anything is visible: a mismatch leaves the target as it was.
+    const diffs = compareCounts(req.expected, counts);
+    if (diffs.length > 0) {
+      throw new AppError('verification_failed', `The restored files do not match the backup: ${diffs.slice(0, 5).join('; ')}`, { differences: diffs });
+    }
+    if (signal.aborted) throw new AppError('cancelled');
+
+    let warnings: string[];
+    if (overlay) {
+      // The moved inodes are the ones counted above, so counts describe what the target now holds at the backed-up paths.
+      await overlayInto(staging, target, list);
+      warnings = [];
+    } else if (mountPoint) {
+      warnings = await swapContents(staging, target, join(target, `.backvault-old-${tag}`));
+    } else {
+      // The tree's root is not in the archive: keep the old root's mode and owner.
+      if (targetStat) {
+        await chmod(staging, targetStat.mode & 0o7777);
+        if (process.getuid?.() === 0) await chown(staging, targetStat.uid, targetStat.gid);
+      } else {
+        await chmod(staging, 0o755);
+      }
+      warnings = await swapInto(staging, target, tempPathBeside(target));
+    }
+    return { counts, warnings };
+  } catch (err) {
+    if (signal.aborted && !(isAppError(err) && err.code !== 'cancelled')) throw new AppError('cancelled', undefined, undefined, { cause: err });
+    if (isAppError(err)) throw err;
+    // tar-stream's parse errors
+    if (err instanceof Error && /^(Invalid tar header|Invalid header|Unexpected end of data|Header exceeds max size)/.test(err.message)) {
+      throw new AppError('engine_failed', `The artifact is not a valid tar archive (${err.message}); the stored copy may be damaged.`, undefined, { cause: err });
+    }
+    throw new AppError('engine_failed', `Restoring the files failed: ${(err as Error).message}`, undefined, { cause: err });
+  } finally {
+    // After a swap staging no longer exists; otherwise this removes every trace of the attempt.
+    await rm(staging, { recursive: true, force: true });
+  }
+}
+
+async function listObjects(resource: ResourceSpec): Promise<ObjectInfo[]> {
+  const root = checkPath(resource.connection);
+  const opts = optionGlobs(resource.options);
+  await checkDirectory(root);
+  const filter = new PathFilter([], opts.exclude);
+  const out: ObjectInfo[] = [];
+  // The top level only: enough to build a selection, cheap on any tree.
+  for (const name of (await readdir(root)).sort(byteCompare)) {
+    if (filter.excluded(name)) continue;
+    const st = await lstat(join(root, name)).catch(() => null);
+    if (!st) continue;
+    if (st.isDirectory()) out.push({ name, kind: 'directory' });
+    else if (st.isFile()) out.push({ name, kind: 'file', size: st.size });
+    else if (st.isSymbolicLink()) out.push({ name, kind: 'file' });
+  }
+  return out;
+}
+
+async function scratchTarget(_resource: ResourceSpec, workDir: string): Promise<ScratchTarget> {
+  await mkdir(workDir, { recursive: true });
+  const dir = await mkdtemp(join(workDir, 'scratch-files-'));
+  return {
+    connection: join(dir, 'tree'),
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+export const filesEngine: Engine = {
+  type: 'files',
+  formatVersion: 1,
+  checkConnection(connection: string, options: Record<string, unknown>): void {
+    checkPath(connection);
+    optionGlobs(options ?? {});
+  },
+  listObjects,
+  dump,
+  restore,
+  scratchTarget,
+};

@@ -1,0 +1,176 @@
+// What a file tree holds, described the same way at dump and at restore:
+// sorted "d/f/l" lines whose sha256 is the tree's fingerprint. The walk never
+// follows symlinks, so nothing outside the tree is ever read.
+import { createHash } from 'node:crypto';
+import { createReadStream, type Stats } from 'node:fs';
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ObjectCounts } from '../../domain/types.ts';
+import { AppError } from '../../errors/index.ts';
+import type { PathFilter } from './select.ts';
+
+export type TreeLine =
+  | { kind: 'd'; path: string }
+  | { kind: 'f'; path: string; size: number; sha256: string }
+  | { kind: 'l'; path: string; target: string };
+
+/** Byte order of the UTF-8 encodings (what `LC_ALL=C sort` does), the same on every platform. */
+export function byteCompare(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function lineText(l: TreeLine): string {
+  switch (l.kind) {
+    case 'd':
+      return `d ${l.path}`;
+    case 'f':
+      return `f ${l.path} ${l.size} ${l.sha256}`;
+    case 'l':
+      return `l ${l.path} ${l.target}`;
+  }
+}
+
+/** Counts and tree_sha256 of a set of lines; dump and restore both use this. */
+export function summarize(lines: TreeLine[]): ObjectCounts {
+  const keyed = lines.map((l) => ({ key: Buffer.from(l.path, 'utf8'), l }));
+  keyed.sort((a, b) => Buffer.compare(a.key, b.key));
+  const hash = createHash('sha256');
+  let files = 0;
+  let directories = 0;
+  let symlinks = 0;
+  let bytes = 0;
+  for (const { l } of keyed) {
+    hash.update(`${lineText(l)}\n`);
+    if (l.kind === 'd') directories++;
+    else if (l.kind === 'l') symlinks++;
+    else {
+      files++;
+      bytes += l.size;
+    }
+  }
+  return { files, directories, symlinks, bytes, tree_sha256: hash.digest('hex') };
+}
+
+export async function hashFile(path: string, signal?: AbortSignal): Promise<{ size: number; sha256: string }> {
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of createReadStream(path, { signal })) {
+    hash.update(chunk as Buffer);
+    size += (chunk as Buffer).length;
+  }
+  return { size, sha256: hash.digest('hex') };
+}
+
+export interface WalkEntry {
+  /** relative path, '/'-separated, no leading './' */
+  rel: string;
+  abs: string;
+  stat: Stats;
+  kind: 'd' | 'f' | 'l' | 'other';
+}
+
+function kindOf(st: Stats): WalkEntry['kind'] {
+  if (st.isDirectory()) return 'd';
+  if (st.isFile()) return 'f';
+  if (st.isSymbolicLink()) return 'l';
+  return 'other';
+}
+
+function isNotFound(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
+}
+
+/**
+ * Walks root depth-first in sorted order and calls onEntry for every entry
+ * the filter takes (without a filter: all). A directory the filter does not
+ * take itself is still entered when something below it may be taken, and it
+ * is reported just before the first such entry, so a tar always has a
+ * directory before its contents. Excluded directories are not entered.
+ */
+export async function walkTree(
+  root: string,
+  filter: PathFilter | null,
+  onEntry: (e: WalkEntry) => Promise<void>,
+  warn: (msg: string) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  type Pending = { entry: WalkEntry; emitted: boolean };
+  const flush = async (pending: Pending[]) => {
+    for (const p of pending) {
+      if (!p.emitted) {
+        p.emitted = true;
+        await onEntry(p.entry);
+      }
+    }
+  };
+
+  const visit = async (dirAbs: string, dirRel: string, pending: Pending[], inherited: boolean[]): Promise<void> => {
+    let names: string[];
+    try {
+      names = await readdir(dirAbs);
+    } catch (err) {
+      if (isNotFound(err) && dirRel !== '') {
+        warn(`directory ${dirRel} disappeared during the backup; skipped`);
+        return;
+      }
+      throw new AppError('engine_failed', `Cannot read the directory ${dirAbs}: ${(err as Error).message}`, undefined, { cause: err });
+    }
+    names.sort(byteCompare);
+    for (const name of names) {
+      if (signal?.aborted) throw new AppError('cancelled');
+      const rel = dirRel === '' ? name : `${dirRel}/${name}`;
+      if (filter?.excluded(rel)) continue;
+      const abs = join(dirAbs, name);
+      let st: Stats;
+      try {
+        st = await lstat(abs);
+      } catch (err) {
+        if (!isNotFound(err)) throw new AppError('engine_failed', `Cannot stat ${abs}: ${(err as Error).message}`, undefined, { cause: err });
+        // Node decodes names as UTF-8; a name that is not valid UTF-8 cannot be opened by its decoded form.
+        warn(name.includes('\uFFFD') ? `${rel}: the name is not valid UTF-8; skipped` : `${rel} disappeared during the backup; skipped`);
+        continue;
+      }
+      const entry: WalkEntry = { rel, abs, stat: st, kind: kindOf(st) };
+      const taken = filter ? filter.taken(rel, inherited) : null;
+      const isTaken = taken === null || taken.every(Boolean);
+      if (entry.kind === 'd') {
+        if (isTaken) {
+          await flush(pending);
+          await onEntry(entry);
+          await visit(abs, rel, [], taken ?? []);
+        } else if (filter!.mayContain(rel, taken!)) {
+          await visit(abs, rel, [...pending, { entry, emitted: false }], taken!);
+        }
+      } else if (isTaken) {
+        // A socket or device is skipped by the caller: it alone does not bring its directories in.
+        if (entry.kind !== 'other') await flush(pending);
+        await onEntry(entry);
+      }
+    }
+  };
+  await visit(root, '', [], filter ? filter.rootInherited() : []);
+}
+
+/** Counts everything under root (without a filter), or only the given relative paths. */
+export async function countTree(root: string, signal?: AbortSignal): Promise<ObjectCounts> {
+  const lines: TreeLine[] = [];
+  await walkTree(
+    root,
+    null,
+    async (e) => {
+      const line = await describe(e.abs, e.rel, e.stat, signal);
+      if (line) lines.push(line);
+    },
+    () => {},
+    signal,
+  );
+  return summarize(lines);
+}
+
+/** The tree line of one entry on disk (null for sockets, fifos, devices). */
+export async function describe(abs: string, rel: string, st: Stats, signal?: AbortSignal): Promise<TreeLine | null> {
+  if (st.isDirectory()) return { kind: 'd', path: rel };
+  if (st.isSymbolicLink()) return { kind: 'l', path: rel, target: await readlink(abs) };
+  if (st.isFile()) return { kind: 'f', path: rel, ...(await hashFile(abs, signal)) };
+  return null;
+}

@@ -1,0 +1,28 @@
+// Which engine serves which resource type. postgres, mysql and redis come
+// later; until then asking for them is a user error, not a crash.
+import type { ResourceType } from '../domain/types.ts';
+import { AppError } from '../errors/index.ts';
+import type { Engine } from './engine.ts';
+import { filesEngine } from './files/index.ts';
+import { sqliteEngine } from './sqlite/index.ts';
+
+export const engines: Partial<Record<ResourceType, Engine>> = {
+  sqlite: sqliteEngine,
+  files: filesEngine,
+};
+
+/** The resource types this server can back up and restore. */
+export function supportedTypes(): ResourceType[] {
+  return Object.keys(engines) as ResourceType[];
+}
+
+export function getEngine(type: ResourceType): Engine {
+  const engine = engines[type];
+  if (!engine) {
+    throw new AppError('resource_type_unsupported', `Resource type "${type}" is not supported yet; supported: ${supportedTypes().join(', ')}.`, {
+      type,
+      supported: supportedTypes(),
+    });
+  }
+  return engine;
+}

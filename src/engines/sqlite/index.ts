@@ -1,0 +1,135 @@
+// The sqlite engine: a dump is the database file itself, taken with SQLite's
+// online backup API so other processes may keep writing meanwhile; a restore
+// writes that file back (whole, or table by table for a partial backup).
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { ResourceSpec } from '../../domain/types.ts';
+import { AppError, isAppError } from '../../errors/index.ts';
+import { fsyncDir, fsyncFile, tempPathBeside } from '../../platform/fs.ts';
+import type { DumpInfo, DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
+import { runTask } from './offload.ts';
+
+/** Files SQLite keeps beside a database; a stale one would be applied to whatever file next has the database's name. */
+const SIDE_FILES = ['-wal', '-shm', '-journal'];
+
+function checkPath(connection: unknown): string {
+  if (typeof connection !== 'string' || connection === '' || connection.includes('\0') || !isAbsolute(connection) || connection.endsWith('/')) {
+    throw new AppError('invalid_connection', 'A sqlite connection is the absolute path of the database file, e.g. /srv/app/data.db.');
+  }
+  return connection;
+}
+
+async function removeWithSideFiles(path: string): Promise<void> {
+  await Promise.all(['', ...SIDE_FILES].map((s) => rm(path + s, { force: true })));
+}
+
+/** Every failure as an AppError: cancelled when the signal fired, engine_failed for anything unexpected. */
+function asAppError(err: unknown, signal: AbortSignal, what: string): AppError {
+  if (isAppError(err)) return err;
+  if (signal.aborted) return new AppError('cancelled', undefined, undefined, { cause: err });
+  return new AppError('engine_failed', `${what}: ${(err as Error)?.message ?? String(err)}`, undefined, { cause: err });
+}
+
+async function dump(req: DumpRequest): Promise<DumpOutput> {
+  // A replica (a copy kept in sync elsewhere) spares the primary the read when the backup asks for it.
+  const source = checkPath(req.useReplica && req.resource.replica ? req.resource.replica : req.resource.connection);
+  if (req.signal.aborted) throw new AppError('cancelled');
+  await mkdir(req.workDir, { recursive: true });
+  // The backup API writes pages at random offsets, so it needs a seekable
+  // file; this copy in workDir is the one full-size temporary the dump makes.
+  const copy = join(req.workDir, `sqlite-${randomBytes(6).toString('hex')}.sqlite`);
+  let prepared;
+  try {
+    prepared = await runTask('dumpCopy', { source, dest: copy, selection: req.selection, exclude: req.exclude }, req.signal);
+  } catch (err) {
+    await removeWithSideFiles(copy);
+    await removeWithSideFiles(`${copy}.full`);
+    throw err;
+  }
+
+  const stream = createReadStream(copy);
+  const onAbort = () => stream.destroy(new AppError('cancelled'));
+  req.signal.addEventListener('abort', onAbort, { once: true });
+  const info = new Promise<DumpInfo>((resolve, reject) => {
+    let ended = false;
+    stream.once('end', () => {
+      ended = true;
+    });
+    stream.once('error', (err) => reject(asAppError(err, req.signal, 'Reading the SQLite copy failed')));
+    stream.once('close', () => {
+      req.signal.removeEventListener('abort', onAbort);
+      void removeWithSideFiles(copy).finally(() => {
+        if (ended) resolve({ counts: prepared.counts, serverVersion: prepared.serverVersion, warnings: prepared.warnings });
+        else reject(new AppError('cancelled', 'The dump stream was closed before its end.'));
+      });
+    });
+  });
+  // Callers await info after the stream; an early failure must not count as an unhandled rejection meanwhile.
+  info.catch(() => {});
+  return { stream, artifactBase: 'database.sqlite', format: 'sqlite database file', info };
+}
+
+async function restore(req: RestoreRequest): Promise<RestoreReport> {
+  const target = checkPath(req.target.connection);
+  const signal = req.signal;
+  if (signal.aborted) throw new AppError('cancelled');
+  await mkdir(dirname(target), { recursive: true });
+  const temp = tempPathBeside(target);
+  try {
+    // The temp file sits beside the target so the final rename is atomic
+    // (same file system). Nothing touches the target until the input has
+    // ended cleanly: a checksum failure surfaces as an error at its end.
+    await pipeline(req.input, createWriteStream(temp, { flags: 'wx', mode: 0o600 }), { signal });
+    await fsyncFile(temp);
+
+    if (req.partial && req.mode === 'in_place') {
+      const r = await runTask('replaceTables', { target, source: temp, expected: req.expected }, signal);
+      return { counts: r.counts, warnings: r.warnings };
+    }
+
+    const { counts } = await runTask('checkRestored', { path: temp, expected: req.expected }, signal);
+    if (signal.aborted) throw new AppError('cancelled');
+    // The application must still be able to open its database: keep the old
+    // file's mode and owner (new files get SQLite's usual 0644).
+    const old = await stat(target).catch(() => null);
+    await chmod(temp, old ? old.mode & 0o7777 : 0o644);
+    if (old && process.getuid?.() === 0) await chown(temp, old.uid, old.gid);
+    // Whole-file replacement. The application should be stopped (or reopen
+    // the database afterwards): a process holding the old file open keeps
+    // using the old inode. The old file's -wal/-shm/-journal go first: SQLite
+    // would otherwise replay them into the new file and corrupt it.
+    for (const s of SIDE_FILES) await rm(target + s, { force: true });
+    await rename(temp, target);
+    await fsyncDir(dirname(target));
+    return { counts, warnings: [] };
+  } catch (err) {
+    throw asAppError(err, signal, `Restoring the SQLite database ${target} failed`);
+  } finally {
+    // After a successful rename only the (absent) side files remain to remove.
+    await removeWithSideFiles(temp);
+  }
+}
+
+async function scratchTarget(_resource: ResourceSpec, workDir: string): Promise<ScratchTarget> {
+  await mkdir(workDir, { recursive: true });
+  const dir = await mkdtemp(join(workDir, 'scratch-sqlite-'));
+  return {
+    connection: join(dir, 'database.sqlite'),
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+export const sqliteEngine: Engine = {
+  type: 'sqlite',
+  formatVersion: 1,
+  checkConnection(connection: string, _options: Record<string, unknown>): void {
+    checkPath(connection);
+  },
+  listObjects: (resource) => runTask('listObjects', { path: checkPath(resource.connection) }, new AbortController().signal),
+  dump,
+  restore,
+  scratchTarget,
+};
