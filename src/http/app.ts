@@ -1,0 +1,77 @@
+// Builds the HTTP server: framework plugins, auth, error mapping, dialects.
+import Fastify, { type FastifyInstance } from 'fastify';
+import rateLimit from '@fastify/rate-limit';
+import multipart from '@fastify/multipart';
+import swagger from '@fastify/swagger';
+import { createHash } from 'node:crypto';
+import { Ajv } from 'ajv';
+import type { ServiceContext } from '../services/context.ts';
+import { registerAuth, bearerOf } from './auth.ts';
+import { sendError, errorBody } from './errors.ts';
+import { nativeRoutes } from './dialects/native/routes.ts';
+import { AppError } from '../errors/index.ts';
+import { BACKVAULT_VERSION } from '../services/backups.ts';
+
+export interface AppOptions {
+  logger?: boolean | object;
+}
+
+export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger ?? false,
+    bodyLimit: 1024 * 1024,
+    // Ids in routes are validated by schemas; keep query parsing strict and small.
+    routerOptions: { maxParamLength: 200 },
+  });
+
+  // Query strings and path params are text, so their numbers and booleans are
+  // coerced; JSON bodies are checked as sent: {"name": 123} is a type error.
+  const strict = new Ajv({ coerceTypes: false, useDefaults: true, removeAdditional: false, allErrors: false, strict: false });
+  const coercing = new Ajv({ coerceTypes: 'array', useDefaults: true, removeAdditional: false, allErrors: false, strict: false });
+  app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strict : coercing).compile(schema));
+
+  app.setErrorHandler((err, request, reply) => sendError(request, reply, err));
+
+  await app.register(rateLimit, {
+    global: true,
+    max: ctx.config.rate_limit_per_minute,
+    timeWindow: 60_000,
+    // Per credential where there is one (hashed: the key itself never sits in memory maps), else per address.
+    keyGenerator: (req) => {
+      const bearer = bearerOf(req);
+      return bearer ? `k:${createHash('sha256').update(bearer).digest('hex').slice(0, 32)}` : `ip:${req.ip}`;
+    },
+    errorResponseBuilder: (_req, context) => {
+      const err = new AppError('rate_limited', `Too many requests: the limit is ${context.max} per minute; retry after ${context.after}.`);
+      (err as AppError & { statusCode: number }).statusCode = 429;
+      return err;
+    },
+  });
+
+  await app.register(multipart, { limits: { fileSize: ctx.config.max_upload_bytes, files: 1, fields: 10, parts: 20 } });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Backvault API', version: BACKVAULT_VERSION, description: 'Backups and restores of application data. Auth: Authorization: Bearer <api key or login token>.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  registerAuth(app, ctx);
+
+  app.setNotFoundHandler({ preHandler: app.rateLimit() }, (_req, reply) => {
+    reply.code(404).send(errorBody('not_found', 'No such endpoint.'));
+  });
+
+  await app.register(
+    async (api) => {
+      await nativeRoutes(api, ctx);
+      api.get('/openapi.json', { config: { auth: 'none' }, schema: { hide: true } }, async () => app.swagger());
+    },
+    { prefix: '/api/v1' },
+  );
+
+  return app;
+}

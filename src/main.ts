@@ -1,0 +1,129 @@
+// Composition root: reads config, wires catalog, storage, engines, jobs,
+// services and HTTP. The only file that imports every layer.
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { catalogPath, storagePath, workPath, type Config } from './config/index.ts';
+import { openCatalog, type CatalogDb } from './catalog/db.ts';
+import { LocalStorage } from './storage/local.ts';
+import { getEngine } from './engines/registry.ts';
+import { JobQueue } from './jobs/queue.ts';
+import { WorkerPool } from './jobs/pool.ts';
+import { systemClock, type Clock } from './platform/clock.ts';
+import type { Logger, ServiceContext } from './services/context.ts';
+import { ensureInitialAdminKey, loadTokenSecret, type CreatedKey } from './services/auth.ts';
+import { backupJobHandler } from './services/backups.ts';
+import { restoreJobHandler } from './services/restores.ts';
+import { verifyJobHandler } from './services/verify.ts';
+import { importJobHandler } from './services/imports.ts';
+import { buildApp } from './http/app.ts';
+
+export interface Server {
+  app: FastifyInstance;
+  ctx: ServiceContext;
+  pool: WorkerPool;
+  /** the admin key created on the first start, to print once; null afterwards */
+  initialKey: CreatedKey | null;
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Takes the data directory for this process: one server per directory, since
+ * the embedded catalog and in-process workers assume they are alone. A lock
+ * left by a dead process is taken over.
+ */
+export async function lockDataDir(dir: string): Promise<() => Promise<void>> {
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, 'backvault.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(path, 'wx', 0o600);
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return async () => {
+        await rm(path, { force: true });
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+      if (pid > 0 && pid !== process.pid && isAlive(pid)) {
+        throw new Error(`another Backvault server (pid ${pid}) is using ${dir}; stop it or choose another --dir`);
+      }
+      await rm(path, { force: true });
+    }
+  }
+  throw new Error(`could not lock ${dir}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export interface ServerOptions {
+  clock?: Clock;
+  logger?: boolean | object;
+  /** listen on the configured host and port; tests may pass port 0 in config */
+  listen?: boolean;
+}
+
+const silentLog: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined };
+
+export async function openContext(config: Config, clock: Clock, log: Logger): Promise<{ ctx: ServiceContext; db: CatalogDb }> {
+  const db = await openCatalog(catalogPath(config));
+  const storage = new LocalStorage(storagePath(config));
+  await storage.cleanupTemp();
+  await rm(workPath(config), { recursive: true, force: true });
+  const jobs = new JobQueue(db, clock, config.job_lease_seconds);
+  const ctx: ServiceContext = { db, config, storage, clock, engine: getEngine, jobs, log, tokenSecret: await loadTokenSecret(db) };
+  return { ctx, db };
+}
+
+export async function startServer(config: Config, options: ServerOptions = {}): Promise<Server> {
+  const unlock = await lockDataDir(config.dir);
+  try {
+    const clock = options.clock ?? systemClock;
+    const app0Logger = options.logger ?? false;
+    const { ctx, db } = await openContext(config, clock, silentLog);
+    const app = await buildApp(ctx, { logger: app0Logger });
+    ctx.log = app.log as unknown as Logger;
+    const pool = new WorkerPool(
+      ctx.jobs,
+      { backup: backupJobHandler(ctx), restore: restoreJobHandler(ctx), verify: verifyJobHandler(ctx), import: importJobHandler(ctx) },
+      { concurrency: config.workers, log: app.log, heartbeatMs: Math.max(1000, (config.job_lease_seconds * 1000) / 4) },
+    );
+    // This process is the only one on the directory: whatever is still running belonged to a dead one.
+    const interrupted = await pool.recover(true);
+    if (interrupted > 0) app.log.warn({ interrupted }, 'jobs left running by a stopped server were marked as failed');
+    const initialKey = await ensureInitialAdminKey(db, clock.now());
+    let url = '';
+    if (options.listen !== false) {
+      url = await app.listen({ host: config.host, port: config.port });
+    }
+    pool.start();
+    let closed = false;
+    return {
+      app,
+      ctx,
+      pool,
+      initialKey,
+      url,
+      async close() {
+        if (closed) return;
+        closed = true;
+        await pool.stop();
+        await app.close();
+        await db.destroy();
+        await unlock();
+      },
+    };
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
+}
