@@ -67,7 +67,7 @@ function isAlive(pid: number): boolean {
 
 export interface ServerOptions {
   clock?: Clock;
-  logger?: boolean | object;
+  logger?: false | { level: string };
   /** listen on the configured host and port; tests may pass port 0 in config */
   listen?: boolean;
 }

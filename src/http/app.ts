@@ -13,12 +13,35 @@ import { AppError } from '../errors/index.ts';
 import { BACKVAULT_VERSION } from '../services/backups.ts';
 
 export interface AppOptions {
-  logger?: boolean | object;
+  /** false for no request log; otherwise its level. Secrets are always redacted. */
+  logger?: false | { level: string };
+}
+
+/** Download links carry their token in the query string: keep it out of request logs. */
+export function redactUrl(url: string): string {
+  return url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]');
+}
+
+interface LoggedRequest {
+  method: string;
+  url: string;
+  ip?: string;
+}
+
+function loggerOptions(options: AppOptions): false | object {
+  if (!options.logger) return false;
+  return {
+    level: options.logger.level,
+    redact: ['req.headers.authorization', 'req.headers.cookie'],
+    serializers: {
+      req: (req: LoggedRequest) => ({ method: req.method, url: redactUrl(req.url), remoteAddress: req.ip }),
+    },
+  };
 }
 
 export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: options.logger ?? false,
+    logger: loggerOptions(options),
     bodyLimit: 1024 * 1024,
     // Ids in routes are validated by schemas; keep query parsing strict and small.
     routerOptions: { maxParamLength: 200 },
