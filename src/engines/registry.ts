@@ -1,14 +1,16 @@
-// Which engine serves which resource type. postgres, mysql and redis come
-// later; until then asking for them is a user error, not a crash.
+// Which engine serves which resource type. A type without an engine here is
+// a user error (resource_type_unsupported), not a crash.
 import type { ResourceType } from '../domain/types.ts';
 import { AppError } from '../errors/index.ts';
 import type { Engine } from './engine.ts';
 import { filesEngine } from './files/index.ts';
 import { sqliteEngine } from './sqlite/index.ts';
+import { mysqlEngine } from './mysql/index.ts';
 
 export const engines: Partial<Record<ResourceType, Engine>> = {
   sqlite: sqliteEngine,
   files: filesEngine,
+  mysql: mysqlEngine,
 };
 
 /** The resource types this server can back up and restore. */

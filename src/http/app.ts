@@ -88,6 +88,11 @@ export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): P
     reply.code(404).send(errorBody('not_found', 'No such endpoint.'));
   });
 
+  // Platform dialects, each under its own prefix with its own auth and error
+  // shapes (see src/http/dialects/*/index.ts). One line each.
+  // -- dialects begin
+  // -- dialects end
+
   await app.register(
     async (api) => {
       await nativeRoutes(api, ctx);

@@ -184,6 +184,21 @@ async function successfulBackup(ctx: ServiceContext, id: string): Promise<Backup
   return row;
 }
 
+/**
+ * Resolves with the backup once it has ended (success or error). For dialects
+ * whose create call answers only when the backup is done (PocketBase).
+ */
+export async function waitForBackupEnd(ctx: ServiceContext, id: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<BackupView> {
+  const deadline = Date.now() + (options.timeoutMs ?? 6 * 3600 * 1000);
+  for (;;) {
+    const row = await getBackupRow(ctx, id);
+    if (row.status === 'success' || row.status === 'error') return backupView(row);
+    if (options.signal?.aborted) throw new AppError('cancelled', 'Stopped waiting for the backup; it goes on running.');
+    if (Date.now() > deadline) throw new AppError('internal', 'The backup did not end in time; it goes on running.');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 export async function listBackupFiles(ctx: ServiceContext, id: string) {
   await successfulBackup(ctx, id);
   const { bytes, manifest } = await readStoredManifest(ctx, id);

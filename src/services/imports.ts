@@ -13,7 +13,10 @@ import { ChecksumVerifier, decompressor } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
 import { safeFetch, RefusedAddressError } from '../platform/safe-fetch.ts';
 import { deletePrefix } from '../storage/storage.ts';
-import { readExchangeArchive } from '../archive/reader.ts';
+import { readExchangeArchive, type ReadArchiveOptions } from '../archive/reader.ts';
+
+/** Parses an archive stream, handing over each artifact; tar by default (a dialect may pass its zip reader). */
+export type ArchiveReader = (input: Readable, options: ReadArchiveOptions) => Promise<Manifest>;
 import { assertQuota, getBackupRow, readStoredManifest } from './backups.ts';
 import { getInstanceRow } from './instances.ts';
 import { backupView, type BackupView } from './views.ts';
@@ -58,9 +61,9 @@ function importRow(ctx: ServiceContext, instance: string, status: string): Backu
  * manifest rewritten for this instance and id. Throws an AppError (4xx) on
  * any problem, after removing what it stored.
  */
-async function ingest(ctx: ServiceContext, backupId: string, instance: string, input: Readable, signal?: AbortSignal): Promise<Manifest> {
+async function ingest(ctx: ServiceContext, backupId: string, instance: string, input: Readable, signal?: AbortSignal, reader: ArchiveReader = readExchangeArchive): Promise<Manifest> {
   try {
-    const source = await readExchangeArchive(input, {
+    const source = await reader(input, {
       maxManifestBytes: MAX_MANIFEST_BYTES,
       maxTotalBytes: ctx.config.max_upload_bytes,
       onArtifact: async (r, data) => {
@@ -94,13 +97,20 @@ async function ingest(ctx: ServiceContext, backupId: string, instance: string, i
  * with its 4xx error and leaves no backup behind. A good one becomes a backup
  * in status running whose import job checks that its artifacts decompress.
  */
-export async function importUpload(ctx: ServiceContext, instance: string, input: Readable, assertComplete: () => void = () => undefined): Promise<BackupView> {
+export async function importUpload(
+  ctx: ServiceContext,
+  instance: string,
+  input: Readable,
+  assertComplete: () => void = () => undefined,
+  options: { reader?: ArchiveReader; label?: string | null } = {},
+): Promise<BackupView> {
   const inst = await getInstanceRow(ctx, instance);
   await assertQuota(ctx, instance, inst.max_backups);
   const row = importRow(ctx, instance, 'uploading');
   await ctx.db.insertInto('backups').values(row).execute();
   try {
-    await ingest(ctx, row.id, instance, input);
+    await ingest(ctx, row.id, instance, input, undefined, options.reader);
+    if (options.label !== undefined) await setBackup(ctx, row.id, { label: options.label });
     // The transport may have cut the upload (size limit) after a readable end.
     try {
       assertComplete();

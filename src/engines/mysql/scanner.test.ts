@@ -1,0 +1,119 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { DumpScanner, type Part } from './scanner.ts';
+
+// A dump-shaped text with everything that could fool a naive counter:
+// delimiters, parentheses and quotes inside strings, escapes, comments,
+// column lists, and a routine whose body holds INSERT lines.
+const DUMP = [
+  '/*M!999999\\- enable the sandbox mode */ ',
+  '-- MariaDB dump 10.19 (fake); it\'s "quoted" (1),(2);',
+  '/*!40101 SET NAMES utf8mb4 */;',
+  '/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE=\'NO_AUTO_VALUE_ON_ZERO\' */;',
+  '',
+  'DROP TABLE IF EXISTS `t1`;',
+  'CREATE TABLE `t1` (',
+  '  `id` int(11) NOT NULL,',
+  "  `s` text DEFAULT 'x(y);z' COMMENT 'a;b''c',",
+  '  PRIMARY KEY (`id`)',
+  ') ENGINE=InnoDB;',
+  'LOCK TABLES `t1` WRITE;',
+  '/*!40000 ALTER TABLE `t1` DISABLE KEYS */;',
+  "INSERT INTO `t1` VALUES",
+  "(1,'plain'),",
+  "(2,'semi;colon (paren) ''doubled'' \\'escaped\\' back\\\\'),",
+  "(3,'newline\\nINSERT INTO `t1` VALUES (9);'),",
+  '(4,"double \\" quoted ); (x)"),',
+  '(5,0x00FF27),',
+  '(6,NULL);',
+  "INSERT INTO `t1` VALUES (7,'-- not a comment'),(8,'/* nor this */'),(9,'# nor this');",
+  '/*!40000 ALTER TABLE `t1` ENABLE KEYS */;',
+  'UNLOCK TABLES;',
+  '',
+  'CREATE TABLE `we``ird; (name)` (',
+  '  `a` int',
+  ');',
+  'INSERT INTO `we``ird; (name)` (`a`) VALUES (1),(2);',
+  'CREATE TABLE `empty` (`id` int);',
+  '/* a block comment with a quote \' and a ; */',
+  '# a hash comment with a quote \'',
+  'CREATE TABLE `ünï` (`id` int);',
+  'INSERT INTO `ünï` VALUES (1);',
+  '/*!50001 CREATE VIEW `v` AS SELECT',
+  ' NULL AS `id` */;',
+  'DELIMITER ;;',
+  'CREATE DEFINER=`root`@`%` PROCEDURE `p`()',
+  'begin',
+  'INSERT INTO `t1` VALUES (100,\'x\');',
+  'INSERT INTO `empty` VALUES (1),(2),(3);',
+  'end ;;',
+  '/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`%`*/ /*!50003 trigger tr before insert on t1 for each row',
+  'INSERT INTO `empty` VALUES (5) */;;',
+  'DELIMITER ;',
+  'ALTER DATABASE `source_db` CHARACTER SET latin1 ;',
+  '/*!50001 CREATE ALGORITHM=UNDEFINED */',
+  '/*!50013 DEFINER=`root`@`%` SQL SECURITY DEFINER */',
+  '/*!50001 VIEW `v` AS select `t1`.`id` AS `id` from `t1` */;',
+  '',
+  '-- Dump completed',
+  '',
+].join('\n');
+
+const EXPECTED = { t1: 9, 'we`ird; (name)': 2, empty: 0, ünï: 1 };
+
+function scan(text: Buffer, chunk: number) {
+  const out: Record<Part, Buffer[]> = { tables: [], objects: [], both: [] };
+  const order: string[] = [];
+  const s = new DumpScanner((part, bytes) => {
+    out[part].push(Buffer.from(bytes));
+    order.push(part);
+  });
+  for (let i = 0; i < text.length; i += chunk) s.feed(text.subarray(i, i + chunk));
+  s.end();
+  const joined = (p: Part) => Buffer.concat(out[p]).toString();
+  return { rows: Object.fromEntries(s.rows), views: [...s.views], tables: joined('tables'), objects: joined('objects'), both: joined('both'), total: Buffer.concat([...out.tables, ...out.objects, ...out.both]).length };
+}
+
+describe('mysql dump scanner', () => {
+  const text = Buffer.from(DUMP);
+
+  it('counts the rows of every table, whatever the strings and comments hold', () => {
+    const r = scan(text, 1 << 16);
+    assert.deepEqual(r.rows, EXPECTED);
+    assert.deepEqual(r.views, ['v']);
+  });
+
+  it('gives the same answer for every chunk size', () => {
+    const ref = scan(text, 1 << 16);
+    for (let size = 1; size <= 80; size++) {
+      const r = scan(text, size);
+      assert.deepEqual(r.rows, EXPECTED, `chunk size ${size}`);
+      assert.equal(r.tables, ref.tables, `chunk size ${size}`);
+      assert.equal(r.objects, ref.objects, `chunk size ${size}`);
+    }
+  });
+
+  it('splits tables from objects and keeps session statements in both', () => {
+    const r = scan(text, 1 << 16);
+    // every byte lands somewhere, except the dropped ALTER DATABASE
+    assert.equal(r.total, text.length - 'ALTER DATABASE `source_db` CHARACTER SET latin1 ;'.length);
+    assert.match(r.tables, /INSERT INTO `t1` VALUES\n\(1,'plain'\)/);
+    assert.match(r.tables, /CREATE TABLE `empty`/);
+    assert.doesNotMatch(r.tables, /PROCEDURE|trigger|VIEW `v`/);
+    assert.match(r.objects, /PROCEDURE `p`\(\)\nbegin\nINSERT INTO `t1` VALUES \(100,'x'\);/);
+    assert.match(r.objects, /trigger tr before insert/);
+    assert.match(r.objects, /VIEW `v` AS select/);
+    assert.doesNotMatch(r.objects, /CREATE TABLE|LOCK TABLES|\(1,'plain'\)/);
+    assert.doesNotMatch(r.tables + r.objects + r.both, /source_db/);
+    assert.match(r.both, /SET NAMES utf8mb4/);
+    assert.match(r.both, /DELIMITER ;;\n/);
+    assert.match(r.both, /sandbox mode/);
+  });
+
+  it('counts without a sink and tolerates a last statement without delimiter', () => {
+    const s = new DumpScanner();
+    s.feed(Buffer.from("CREATE TABLE `a` (`x` int);\nINSERT INTO `a` VALUES (1),(2),\n(3)"));
+    s.end();
+    assert.deepEqual(Object.fromEntries(s.rows), { a: 3 });
+  });
+});
