@@ -10,6 +10,8 @@ export interface DumpRequest {
   selection: string[] | null;
   /** objects to leave out (tables, path globs) */
   exclude: string[];
+  /** dump from resource.replica instead of resource.connection (the backup asked for it and a replica is set) */
+  useReplica: boolean;
   /** a private directory for temporary files, removed by the caller afterwards */
   workDir: string;
   signal: AbortSignal;
