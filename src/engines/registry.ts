@@ -6,11 +6,13 @@ import type { Engine } from './engine.ts';
 import { filesEngine } from './files/index.ts';
 import { sqliteEngine } from './sqlite/index.ts';
 import { mysqlEngine } from './mysql/index.ts';
+import { redisEngine } from './redis/index.ts';
 
 export const engines: Partial<Record<ResourceType, Engine>> = {
   sqlite: sqliteEngine,
   files: filesEngine,
   mysql: mysqlEngine,
+  redis: redisEngine,
 };
 
 /** The resource types this server can back up and restore. */

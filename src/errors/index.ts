@@ -24,6 +24,8 @@ export const ERRORS = {
   backup_not_found: { status: 404, message: 'No backup has this id.' },
   restore_not_found: { status: 404, message: 'No restore has this id.' },
   key_not_found: { status: 404, message: 'No API key has this id.' },
+  notification_not_found: { status: 404, message: 'No notification channel has this id.' },
+  policy_not_found: { status: 404, message: 'No policy has this id.' },
   already_exists: { status: 409, message: 'An item with this name already exists.' },
   target_not_empty: { status: 409, message: 'The restore target already holds data; choose an empty target or restore in place.' },
   operation_in_progress: { status: 409, message: 'Another operation on this instance is already waiting or running; wait for it to finish.' },
@@ -39,6 +41,7 @@ export const ERRORS = {
   storage_not_found: { status: 404, message: 'The object does not exist in storage.' },
   verification_failed: { status: 500, message: 'What was restored does not match the manifest.' },
   cancelled: { status: 409, message: 'The operation was cancelled.' },
+  job_timeout: { status: 500, message: 'The job ran longer than its configured timeout and was stopped.' },
   interrupted: { status: 500, message: 'The server stopped while this job was running; run it again.' },
   internal: { status: 500, message: 'An internal error occurred; the server log has the details.' },
 } as const satisfies Record<string, { status: number; message: string }>;
