@@ -17,11 +17,16 @@ import { restoreJobHandler } from './services/restores.ts';
 import { verifyJobHandler } from './services/verify.ts';
 import { importJobHandler } from './services/imports.ts';
 import { buildApp } from './http/app.ts';
+import { startNotifier } from './services/notifications.ts';
+import { startMetrics, stopMetrics } from './services/metrics.ts';
+import { ServiceEvents } from './services/events.ts';
+import { Scheduler } from './scheduler/scheduler.ts';
 
 export interface Server {
   app: FastifyInstance;
   ctx: ServiceContext;
   pool: WorkerPool;
+  scheduler: Scheduler;
   /** the admin key created on the first start, to print once; null afterwards */
   initialKey: CreatedKey | null;
   url: string;
@@ -80,7 +85,7 @@ export async function openContext(config: Config, clock: Clock, log: Logger): Pr
   await storage.cleanupTemp();
   await rm(workPath(config), { recursive: true, force: true });
   const jobs = new JobQueue(db, clock, config.job_lease_seconds);
-  const ctx: ServiceContext = { db, config, storage, clock, engine: getEngine, jobs, log, tokenSecret: await loadTokenSecret(db) };
+  const ctx: ServiceContext = { db, config, storage, clock, engine: getEngine, jobs, log, tokenSecret: await loadTokenSecret(db), events: new ServiceEvents() };
   return { ctx, db };
 }
 
@@ -92,10 +97,13 @@ export async function startServer(config: Config, options: ServerOptions = {}): 
     const { ctx, db } = await openContext(config, clock, silentLog);
     const app = await buildApp(ctx, { logger: app0Logger });
     ctx.log = app.log as unknown as Logger;
+    // Before the pool, so outcomes of recovered jobs are announced and counted too.
+    const notifier = startNotifier(ctx);
+    startMetrics(ctx);
     const pool = new WorkerPool(
       ctx.jobs,
       { backup: backupJobHandler(ctx), restore: restoreJobHandler(ctx), verify: verifyJobHandler(ctx), import: importJobHandler(ctx) },
-      { concurrency: config.workers, log: app.log, heartbeatMs: Math.max(1000, (config.job_lease_seconds * 1000) / 4) },
+      { concurrency: config.workers, log: app.log, heartbeatMs: Math.max(1000, (config.job_lease_seconds * 1000) / 4), timeoutSeconds: config.job_timeout_seconds },
     );
     // This process is the only one on the directory: whatever is still running belonged to a dead one.
     const interrupted = await pool.recover(true);
@@ -106,17 +114,23 @@ export async function startServer(config: Config, options: ServerOptions = {}): 
       url = await app.listen({ host: config.host, port: config.port });
     }
     pool.start();
+    const scheduler = new Scheduler(ctx);
+    await scheduler.start();
     let closed = false;
     return {
       app,
       ctx,
       pool,
+      scheduler,
       initialKey,
       url,
       async close() {
         if (closed) return;
         closed = true;
+        await scheduler.stop();
         await pool.stop();
+        await notifier.stop();
+        stopMetrics(ctx);
         await app.close();
         await db.destroy();
         await unlock();

@@ -15,6 +15,10 @@ export class TestClock implements Clock {
   advance(ms: number): void {
     this.offsetMs += ms;
   }
+  /** Jumps to a moment; time then runs on from there. */
+  set(date: Date | string): void {
+    this.offsetMs = new Date(date).getTime() - Date.now();
+  }
 }
 
 export interface TestServer {

@@ -113,6 +113,52 @@ const migrations: Record<string, Migration> = {
       void sql;
     },
   },
+  '0002_policies_notifications': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('policies')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('instance', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('enabled', 'integer', (c) => c.notNull())
+        .addColumn('schedule', 'text', (c) => c.notNull())
+        .addColumn('timezone', 'text', (c) => c.notNull())
+        .addColumn('type', 'text', (c) => c.notNull())
+        .addColumn('selection', 'text')
+        .addColumn('exclude', 'text')
+        .addColumn('compression', 'text', (c) => c.notNull())
+        .addColumn('run_on_replica', 'integer', (c) => c.notNull())
+        .addColumn('verify', 'integer', (c) => c.notNull())
+        .addColumn('retention', 'text', (c) => c.notNull())
+        .addColumn('catch_up', 'integer', (c) => c.notNull())
+        .addColumn('next_run_at', 'text')
+        .addColumn('last_run_at', 'text')
+        .addColumn('last_success_at', 'text')
+        .addColumn('last_backup_id', 'text')
+        .addColumn('late_since', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('policies_instance').on('policies').columns(['instance']).execute();
+      await db.schema.createIndex('policies_next_run').on('policies').columns(['enabled', 'next_run_at']).execute();
+      await db.schema.createIndex('backups_policy').on('backups').columns(['policy_id', 'status']).execute();
+      await db.schema
+        .createTable('notification_channels')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('config', 'text', (c) => c.notNull())
+        .addColumn('events', 'text', (c) => c.notNull())
+        .addColumn('failures_only', 'integer', (c) => c.notNull())
+        .addColumn('enabled', 'integer', (c) => c.notNull())
+        .addColumn('last_status', 'text')
+        .addColumn('last_error', 'text')
+        .addColumn('last_attempt_at', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

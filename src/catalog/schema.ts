@@ -100,6 +100,53 @@ export interface JobTable {
   updated_at: string;
 }
 
+export interface PolicyTable {
+  id: string;
+  instance: string;
+  name: string;
+  enabled: number;
+  /** cron expression, validated */
+  schedule: string;
+  /** IANA time zone the schedule and calendar retention use */
+  timezone: string;
+  type: 'full' | 'partial';
+  selection: string | null;
+  exclude: string | null;
+  compression: string;
+  run_on_replica: number;
+  /** run a restore drill after each successful backup */
+  verify: number;
+  /** JSON RetentionRules */
+  retention: string;
+  /** run once at start when a run was missed while the server was down */
+  catch_up: number;
+  next_run_at: string | null;
+  last_run_at: string | null;
+  last_success_at: string | null;
+  last_backup_id: string | null;
+  /** when the policy was found late (and notified); null when on time */
+  late_since: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface NotificationChannelTable {
+  id: string;
+  name: string;
+  kind: 'webhook' | 'email';
+  /** JSON; holds secrets (webhook signing secret, SMTP password): masked when read back */
+  config: string;
+  /** JSON list of event names */
+  events: string;
+  failures_only: number;
+  enabled: number;
+  last_status: string | null;
+  last_error: string | null;
+  last_attempt_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
 export interface SettingTable {
   key: string;
   value: string;
@@ -114,4 +161,6 @@ export interface Database {
   restores: RestoreTable;
   jobs: JobTable;
   settings: SettingTable;
+  policies: PolicyTable;
+  notification_channels: NotificationChannelTable;
 }

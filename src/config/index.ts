@@ -28,9 +28,28 @@ export const ConfigSchema = Type.Object(
     default_max_backups: Type.Integer({ minimum: 0 }),
     /** a job whose worker stopped heartbeating for this long is taken as dead */
     job_lease_seconds: Type.Integer({ minimum: 5 }),
+    /** seconds between scheduler passes over due policies */
+    scheduler_tick_seconds: Type.Integer({ minimum: 1 }),
+    /** a policy is late when no success came this long after a run was due */
+    policy_late_grace_seconds: Type.Integer({ minimum: 0 }),
+    /** retention always keeps at least this many newest successful backups of a policy */
+    retention_min_keep: Type.Integer({ minimum: 1 }),
+    /** jobs running longer than this are stopped; per job kind, in seconds */
+    job_timeout_seconds: Type.Object(
+      { backup: Type.Integer({ minimum: 1 }), restore: Type.Integer({ minimum: 1 }), verify: Type.Integer({ minimum: 1 }), import: Type.Integer({ minimum: 1 }) },
+      { additionalProperties: false },
+    ),
     log_level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
     /** public base URL used in links; defaults to http://host:port */
     public_url: Type.Union([Type.String(), Type.Null()]),
+    /** serve GET /metrics without an API key (for scrapers on a trusted network) */
+    metrics_public: Type.Boolean(),
+    /** tries per notification (the first included) before it is given up */
+    notification_max_attempts: Type.Integer({ minimum: 1, maximum: 20 }),
+    /** wait before the first retry of a notification; doubles on each retry */
+    notification_retry_base_ms: Type.Integer({ minimum: 10, maximum: 600_000 }),
+    /** how long one notification attempt (HTTP request or SMTP session step) may take */
+    notification_timeout_ms: Type.Integer({ minimum: 100, maximum: 300_000 }),
   },
   { additionalProperties: false },
 );
@@ -50,8 +69,16 @@ export const DEFAULTS: Config = {
   allow_private_import_urls: false,
   default_max_backups: 0,
   job_lease_seconds: 60,
+  scheduler_tick_seconds: 15,
+  policy_late_grace_seconds: 3600,
+  retention_min_keep: 1,
+  job_timeout_seconds: { backup: 12 * 3600, restore: 12 * 3600, verify: 12 * 3600, import: 6 * 3600 },
   log_level: 'info',
   public_url: null,
+  metrics_public: false,
+  notification_max_attempts: 5,
+  notification_retry_base_ms: 2000,
+  notification_timeout_ms: 10_000,
 };
 
 const compiled = TypeCompiler.Compile(ConfigSchema);
@@ -68,8 +95,15 @@ const ENV: Record<string, keyof Config> = {
   BACKVAULT_ALLOW_PRIVATE_IMPORT_URLS: 'allow_private_import_urls',
   BACKVAULT_DEFAULT_MAX_BACKUPS: 'default_max_backups',
   BACKVAULT_JOB_LEASE_SECONDS: 'job_lease_seconds',
+  BACKVAULT_SCHEDULER_TICK_SECONDS: 'scheduler_tick_seconds',
+  BACKVAULT_POLICY_LATE_GRACE_SECONDS: 'policy_late_grace_seconds',
+  BACKVAULT_RETENTION_MIN_KEEP: 'retention_min_keep',
   BACKVAULT_LOG_LEVEL: 'log_level',
   BACKVAULT_PUBLIC_URL: 'public_url',
+  BACKVAULT_METRICS_PUBLIC: 'metrics_public',
+  BACKVAULT_NOTIFICATION_MAX_ATTEMPTS: 'notification_max_attempts',
+  BACKVAULT_NOTIFICATION_RETRY_BASE_MS: 'notification_retry_base_ms',
+  BACKVAULT_NOTIFICATION_TIMEOUT_MS: 'notification_timeout_ms',
 };
 
 function coerce(key: keyof Config, raw: string): unknown {
@@ -114,6 +148,9 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     throw new ConfigError(`config file ${file} does not exist`);
   }
   const merged = { ...DEFAULTS, ...fromFile, ...fromEnv, ...stripUndefined(sources.flags ?? {}) };
+  // Per-kind timeouts merge key by key, so a file may set just one kind.
+  const timeouts = [fromFile.job_timeout_seconds, sources.flags?.job_timeout_seconds].filter((t) => t && typeof t === 'object');
+  merged.job_timeout_seconds = Object.assign({}, DEFAULTS.job_timeout_seconds, ...timeouts);
   const errors = [...compiled.Errors(merged)];
   if (errors.length > 0) {
     throw new ConfigError(`invalid configuration: ${errors.slice(0, 5).map((e) => `${e.path.slice(1) || '(root)'} ${e.message}`).join('; ')}`);

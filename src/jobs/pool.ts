@@ -19,6 +19,13 @@ export interface PoolLogger {
   info(obj: object, msg: string): void;
 }
 
+/** Words for why a job was stopped from outside. */
+function abortInfo(reason: unknown): string {
+  if (reason instanceof AppError && reason.code === 'interrupted') return 'interrupted: the server stopped while this job was running; run it again';
+  if (reason instanceof AppError && reason.code === 'job_timeout') return reason.message;
+  return 'cancelled by request';
+}
+
 export class WorkerPool {
   readonly owner = `worker-${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly running = new Map<string, { controller: AbortController; promise: Promise<void> }>();
@@ -31,7 +38,14 @@ export class WorkerPool {
   constructor(
     private readonly queue: JobQueue,
     private readonly handlers: Record<JobKind, JobHandler>,
-    private readonly options: { concurrency: number; pollMs?: number; heartbeatMs?: number; log: PoolLogger },
+    private readonly options: {
+      concurrency: number;
+      pollMs?: number;
+      heartbeatMs?: number;
+      /** per job kind: a job running longer is aborted and fails as timed out */
+      timeoutSeconds?: Partial<Record<JobKind, number>>;
+      log: PoolLogger;
+    },
   ) {}
 
   /** Fails jobs left running by a dead process; everyRunning at the start of the only server on a data dir. */
@@ -114,6 +128,10 @@ export class WorkerPool {
   private launch(job: Job): void {
     const controller = new AbortController();
     const handler = this.handlers[job.kind];
+    const timeout = this.options.timeoutSeconds?.[job.kind];
+    const timer = timeout
+      ? setTimeout(() => controller.abort(new AppError('job_timeout', `The ${job.kind} ran longer than its timeout of ${timeout} seconds and was stopped.`)), timeout * 1000)
+      : undefined;
     const promise = (async () => {
       try {
         await handler.run(job, controller.signal);
@@ -121,7 +139,7 @@ export class WorkerPool {
       } catch (err) {
         const cancelled = controller.signal.aborted;
         const reason = controller.signal.reason as unknown;
-        const info = cancelled ? (reason instanceof AppError && reason.code === 'interrupted' ? 'interrupted: the server stopped while this job was running; run it again' : 'cancelled by request') : publicMessage(err);
+        const info = cancelled ? abortInfo(reason) : publicMessage(err);
         if (!(err instanceof AppError)) this.options.log.error({ err, job: job.id, kind: job.kind }, 'job failed');
         await this.safeFail(job, info, err);
         try {
@@ -130,6 +148,7 @@ export class WorkerPool {
           this.options.log.error({ err: finishErr, job: job.id }, 'recording a job failure failed');
         }
       } finally {
+        clearTimeout(timer);
         this.running.delete(job.id);
         this.onWake();
       }

@@ -118,6 +118,7 @@ export interface BackupFilter {
   instance?: string;
   status?: string;
   type?: string;
+  policy?: string;
   page: number;
   perPage: number;
 }
@@ -128,6 +129,7 @@ export async function listBackups(ctx: ServiceContext, f: BackupFilter): Promise
   if (f.instance !== undefined) q = q.where('instance', '=', f.instance);
   if (f.status !== undefined) q = q.where('status', '=', f.status);
   if (f.type !== undefined) q = q.where('type', '=', f.type as 'full' | 'partial');
+  if (f.policy !== undefined) q = q.where('policy_id', '=', f.policy);
   const total = await q.select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
   const rows = await q
     .selectAll()
@@ -356,12 +358,24 @@ export async function runBackup(ctx: ServiceContext, job: Job, signal: AbortSign
     if (signal.aborted) throw signal.reason;
     const size = entries.reduce((s, e) => s + e.size, 0);
     await setBackup(ctx, row.id, { status: 'success', status_info: null, size, resources: JSON.stringify(entries), progress: null, finished_at: finished });
+    emitBackupFinished(ctx, row.id);
   } catch (err) {
     await progress.flush();
     throw err;
   } finally {
     await rm(workDir, { recursive: true, force: true });
   }
+}
+
+/** Tells listeners a backup ended; never throws into the caller. */
+export function emitBackupFinished(ctx: ServiceContext, id: string): void {
+  void getBackupRow(ctx, id)
+    .then((row) => {
+      const view = backupView(row);
+      const durationMs = row.started_at && row.finished_at ? Date.parse(row.finished_at) - Date.parse(row.started_at) : null;
+      ctx.events.emit('backup.finished', { backup: view, durationMs });
+    })
+    .catch((err: unknown) => ctx.log.error({ err, backup: id }, 'announcing a finished backup failed'));
 }
 
 export function backupJobHandler(ctx: ServiceContext): JobHandler {
@@ -377,6 +391,7 @@ export function backupJobHandler(ctx: ServiceContext): JobHandler {
         ctx.log.error({ err, backup: job.subject_id }, 'removing the artifacts of a failed backup failed');
       }
       await setBackup(ctx, job.subject_id, { status: 'error', status_info: info, progress: null, finished_at: ctx.clock.now().toISOString() });
+      emitBackupFinished(ctx, job.subject_id);
     },
   };
 }

@@ -6,6 +6,7 @@ import type { Clock } from '../platform/clock.ts';
 import type { Engine } from '../engines/engine.ts';
 import type { ResourceType } from '../domain/types.ts';
 import type { JobQueue } from '../jobs/queue.ts';
+import type { ServiceEvents } from './events.ts';
 
 export interface Logger {
   info(obj: object | string, msg?: string): void;
@@ -23,4 +24,6 @@ export interface ServiceContext {
   log: Logger;
   /** HMAC secret for login and download tokens, kept in the catalog */
   tokenSecret: Uint8Array;
+  /** backup, restore, drill and policy outcomes, for notifications and metrics */
+  events: ServiceEvents;
 }

@@ -17,7 +17,7 @@ import { readExchangeArchive, type ReadArchiveOptions } from '../archive/reader.
 
 /** Parses an archive stream, handing over each artifact; tar by default (a dialect may pass its zip reader). */
 export type ArchiveReader = (input: Readable, options: ReadArchiveOptions) => Promise<Manifest>;
-import { assertQuota, getBackupRow, readStoredManifest } from './backups.ts';
+import { assertQuota, emitBackupFinished, getBackupRow, readStoredManifest } from './backups.ts';
 import { getInstanceRow } from './instances.ts';
 import { backupView, type BackupView } from './views.ts';
 import type { Job } from '../jobs/queue.ts';
@@ -188,6 +188,7 @@ async function runImport(ctx: ServiceContext, job: Job, signal: AbortSignal): Pr
   }
   await checkArtifacts(ctx, manifest, signal);
   await setBackup(ctx, row.id, { status: 'success', status_info: null, finished_at: ctx.clock.now().toISOString() });
+  emitBackupFinished(ctx, row.id);
 }
 
 /** undici wraps connect errors; the refusal may sit a few causes deep. */
@@ -207,6 +208,7 @@ export function importJobHandler(ctx: ServiceContext): JobHandler {
       await deletePrefix(ctx.storage, `backups/${job.subject_id}/`).catch(() => undefined);
       const text = isAppError(err) ? err.message : info;
       await setBackup(ctx, job.subject_id, { status: 'error', status_info: text, finished_at: ctx.clock.now().toISOString() });
+      emitBackupFinished(ctx, job.subject_id);
     },
   };
 }

@@ -210,6 +210,7 @@ export async function runRestore(ctx: ServiceContext, job: Job, signal: AbortSig
     }
     await progress.flush();
     await setRestore(ctx, row.id, { status: 'success', status_info: null, progress: null, result: JSON.stringify({ resources: results }), finished_at: ctx.clock.now().toISOString() });
+    emitRestoreFinished(ctx, row.id);
   } catch (err) {
     await progress.flush();
     // Keep what each resource did, so the failure says what was and was not restored.
@@ -224,6 +225,12 @@ export async function runRestore(ctx: ServiceContext, job: Job, signal: AbortSig
   }
 }
 
+function emitRestoreFinished(ctx: ServiceContext, id: string): void {
+  void getRestoreRow(ctx, id)
+    .then((row) => ctx.events.emit('restore.finished', { restore: restoreView(row) }))
+    .catch((err: unknown) => ctx.log.error({ err, restore: id }, 'announcing a finished restore failed'));
+}
+
 export function restoreJobHandler(ctx: ServiceContext): JobHandler {
   return {
     run: (job, signal) => runRestore(ctx, job, signal),
@@ -231,6 +238,7 @@ export function restoreJobHandler(ctx: ServiceContext): JobHandler {
       const row = await ctx.db.selectFrom('restores').select(['status']).where('id', '=', job.subject_id).executeTakeFirst();
       if (!row || row.status === 'success' || row.status === 'error') return;
       await setRestore(ctx, job.subject_id, { status: 'error', status_info: info, progress: null, finished_at: ctx.clock.now().toISOString() });
+      emitRestoreFinished(ctx, job.subject_id);
     },
   };
 }

@@ -9,7 +9,7 @@ import { workPath } from '../config/index.ts';
 import { getBackupRow, getBackup, readStoredManifest } from './backups.ts';
 import { listResourceRows, resourceSpec } from './instances.ts';
 import { restoreArtifact } from './restores.ts';
-import type { BackupView } from './views.ts';
+import { backupView, type BackupView } from './views.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/pool.ts';
 
@@ -66,6 +66,7 @@ export async function runVerify(ctx: ServiceContext, job: Job, signal: AbortSign
   }
   const ok = results.every((r) => r.ok);
   await setVerify(ctx, row.id, ok ? 'success' : 'error', { resources: results, finished_at: ctx.clock.now().toISOString() });
+  ctx.events.emit('verify.finished', { backup: await getBackup(ctx, row.id) });
 }
 
 export function verifyJobHandler(ctx: ServiceContext): JobHandler {
@@ -73,6 +74,8 @@ export function verifyJobHandler(ctx: ServiceContext): JobHandler {
     run: (job, signal) => runVerify(ctx, job, signal),
     async fail(job, info) {
       await setVerify(ctx, job.subject_id, 'error', { error: info, finished_at: ctx.clock.now().toISOString() });
+      const row = await ctx.db.selectFrom('backups').selectAll().where('id', '=', job.subject_id).executeTakeFirst();
+      if (row) ctx.events.emit('verify.finished', { backup: backupView(row) });
     },
   };
 }

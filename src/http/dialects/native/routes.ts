@@ -14,6 +14,8 @@ import * as imports from '../../../services/imports.ts';
 import { requestVerify } from '../../../services/verify.ts';
 import { bearerOf } from '../../auth.ts';
 import { sendDownload } from '../../download.ts';
+import { notificationRoutes } from './notifications.ts';
+import { policyRoutes } from './policies.ts';
 
 const Name = Type.String({ pattern: NAME_PATTERN, description: 'lowercase letters, digits, _ and -; at most 63 characters' });
 const Id = Type.String({ pattern: '^[0-9a-f]{24}$' });
@@ -199,6 +201,7 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
     ...Pagination,
     status: Type.Optional(Type.Union(BACKUP_STATUSES.map((s) => Type.Literal(s)))),
     type: Type.Optional(Type.Union([Type.Literal('full'), Type.Literal('partial')])),
+    policy: Type.Optional(Type.String({ maxLength: 64, description: 'only backups made by this policy' })),
   });
   r.post(
     '/instances/:instance/backups',
@@ -206,11 +209,11 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
     async (req, reply) => reply.code(202).send(await backups.createBackup(ctx, req.params.instance, req.body as Static<typeof CreateBackupBody>)),
   );
   r.get('/instances/:instance/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], params: InstanceParams, querystring: BackupListQuery } }, async (req) => {
-    const { items, total } = await backups.listBackups(ctx, { instance: req.params.instance, status: req.query.status, type: req.query.type, page: req.query.page, perPage: req.query.per_page });
+    const { items, total } = await backups.listBackups(ctx, { instance: req.params.instance, status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page });
     return page(items, total, req.query.page, req.query.per_page);
   });
   r.get('/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], querystring: BackupListQuery } }, async (req) => {
-    const { items, total } = await backups.listBackups(ctx, { status: req.query.status, type: req.query.type, page: req.query.page, perPage: req.query.per_page });
+    const { items, total } = await backups.listBackups(ctx, { status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page });
     return page(items, total, req.query.page, req.query.per_page);
   });
   const BackupParams = Type.Object({ id: Id });
@@ -331,6 +334,8 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
     },
   );
   r.get('/restores/:id', { config: { auth: 'read' }, schema: { tags: ['restores'], params: Type.Object({ id: Id }) } }, async (req) => restores.getRestore(ctx, req.params.id));
+  await policyRoutes(app, ctx);
+  await notificationRoutes(app, ctx);
   void bearerOf;
 }
 
