@@ -106,6 +106,33 @@ describe('backvault CLI', () => {
     assert.equal(list.status, 0, list.stderr);
   });
 
+  test('policies: create with retention, show, run --wait, preview, update, delete', async () => {
+    const dir = join(tmp, 'policy-src');
+    await mkdir(dir);
+    await writeFile(join(dir, 'f.txt'), 'policy data');
+    assert.equal((await cli(['instances', 'create', 'sched'], env)).status, 0);
+    assert.equal((await cli(['resources', 'add', 'sched', 'www', '--type', 'files', '--connection', dir], env)).status, 0);
+    const bad = await cli(['policies', 'create', 'sched', '--name', 'n', '--schedule', 'whenever'], env);
+    assert.equal(bad.status, 3);
+    assert.match(bad.stderr, /invalid_request/);
+    const created = await cli(['--json', 'policies', 'create', 'sched', '--name', 'nightly', '--schedule', '0 3 * * *', '--timezone', 'Europe/Berlin', '--keep-last', '2', '--keep-daily', '7'], env);
+    assert.equal(created.status, 0, created.stderr);
+    const p = JSON.parse(created.stdout);
+    assert.deepEqual(p.retention, { keep_last: 2, keep_daily: 7 });
+    assert.equal(p.timezone, 'Europe/Berlin');
+    const run = await cli(['policies', 'run', p.id, '--wait'], env);
+    assert.equal(run.status, 0, run.stderr);
+    const shown = await cli(['policies', 'show', p.id], env);
+    assert.match(shown.stdout, /state:\s+ok/);
+    const preview = await cli(['policies', 'preview', p.id], env);
+    assert.equal(preview.status, 0, preview.stderr);
+    assert.match(preview.stdout, /keep\s+newest/);
+    const upd = await cli(['--json', 'policies', 'update', p.id, '--disable'], env);
+    assert.equal(JSON.parse(upd.stdout).state, 'disabled');
+    assert.equal((await cli(['policies', 'delete', p.id], env)).status, 0);
+    assert.equal((await cli(['policies', 'show', p.id], env)).status, 3);
+  });
+
   test('usage errors exit 2', async () => {
     assert.equal((await cli(['backups', 'create'], env)).status, 2);
     assert.equal((await cli(['keys', 'create', '--name', 'x', '--scope', 'root'])).status, 2);

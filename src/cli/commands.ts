@@ -200,7 +200,7 @@ function printBackup(c: Ctx, b: BackupView): void {
 }
 
 /** Waits for a backup (made or imported) to end; exit 1 when it ends in error. */
-async function waitBackup(c: Ctx, first: BackupView, what: string): Promise<number> {
+export async function waitBackup(c: Ctx, first: BackupView, what: string): Promise<number> {
   const b = await waitFor({
     label: `${what} ${first.id}`,
     first,

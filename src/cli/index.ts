@@ -11,6 +11,8 @@ import * as cmd from './commands.ts';
 import { ApiError, CliError, EXIT } from './errors.ts';
 import { stderr, stdout } from './format.ts';
 import { collect, positiveInt } from './parse.ts';
+import { addPolicyCommands } from './policy-commands.ts';
+import { addNotificationCommands } from './notify-commands.ts';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -130,6 +132,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .argument('<instance>')
     .argument('<name>')
     .action(client((c, instance: string, name: string) => cmd.resourcesObjects(c, instance, name)));
+
+  addPolicyCommands(program, client);
+  addNotificationCommands(program, client);
 
   const backups = program.command('backups').description('point-in-time copies of an instance');
   backups
