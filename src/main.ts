@@ -6,6 +6,9 @@ import type { FastifyInstance } from 'fastify';
 import { catalogPath, storagePath, workPath, type Config } from './config/index.ts';
 import { openCatalog, type CatalogDb } from './catalog/db.ts';
 import { LocalStorage } from './storage/local.ts';
+import { S3Storage } from './storage/s3.ts';
+import { withRetries } from './storage/retry.ts';
+import type { Storage } from './storage/storage.ts';
 import { getEngine } from './engines/registry.ts';
 import { JobQueue } from './jobs/queue.ts';
 import { WorkerPool } from './jobs/pool.ts';
@@ -79,10 +82,32 @@ export interface ServerOptions {
 
 const silentLog: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
+/**
+ * Local storage (the default) or an S3-compatible bucket; the retry wrapper
+ * goes around whichever it is.
+ */
+export async function openStorage(config: Config): Promise<Storage> {
+  if (config.storage?.startsWith('s3://')) {
+    if (!config.s3_access_key || !config.s3_secret_key) {
+      throw new Error('S3 storage needs BACKVAULT_S3_ACCESS_KEY and BACKVAULT_S3_SECRET_KEY (or s3_access_key and s3_secret_key in the config file)');
+    }
+    const env = {
+      S3_ACCESS_KEY: config.s3_access_key,
+      S3_SECRET_KEY: config.s3_secret_key,
+      S3_REGION: config.s3_region,
+      ...(config.s3_endpoint ? { S3_ENDPOINT: config.s3_endpoint } : {}),
+    };
+    return withRetries(S3Storage.fromUrl(config.storage, env));
+  }
+  const local = new LocalStorage(storagePath(config));
+  // Leftovers of puts cut short by a crash; only this process uses the directory.
+  await local.cleanupTemp();
+  return withRetries(local);
+}
+
 export async function openContext(config: Config, clock: Clock, log: Logger): Promise<{ ctx: ServiceContext; db: CatalogDb }> {
   const db = await openCatalog(catalogPath(config));
-  const storage = new LocalStorage(storagePath(config));
-  await storage.cleanupTemp();
+  const storage = await openStorage(config);
   await rm(workPath(config), { recursive: true, force: true });
   const jobs = new JobQueue(db, clock, config.job_lease_seconds);
   const ctx: ServiceContext = { db, config, storage, clock, engine: getEngine, jobs, log, tokenSecret: await loadTokenSecret(db), events: new ServiceEvents() };

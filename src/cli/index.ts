@@ -60,7 +60,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--http <host:port>', 'address to listen on (default 127.0.0.1:8090)')
     .option('--config <file>', 'JSON config file (default <dir>/config.json)')
     .option('--workers <n>', 'jobs run at once', positiveInt)
-    .action(async (o: { dir?: string; http?: string; config?: string; workers?: number }) => setExit(await (await local()).serve(o)));
+    .option('--storage <url>', 'file:///path (default <dir>/storage) or s3://BUCKET/PREFIX (keys from BACKVAULT_S3_ACCESS_KEY and BACKVAULT_S3_SECRET_KEY)')
+    .action(async (o: { dir?: string; http?: string; config?: string; workers?: number; storage?: string }) => setExit(await (await local()).serve(o)));
 
   const superuser = program.command('superuser').description('manage superusers (dashboard and login accounts) in a data directory');
   superuser

@@ -12,6 +12,7 @@ export interface ServeOptions {
   http?: string;
   config?: string;
   workers?: number;
+  storage?: string;
 }
 
 function config(flags: Partial<Config>, configFile?: string): Config {
@@ -27,6 +28,7 @@ export async function serve(options: ServeOptions, out: Out = stdout): Promise<n
   const flags: Partial<Config> = {};
   if (options.dir !== undefined) flags.dir = options.dir;
   if (options.workers !== undefined) flags.workers = options.workers;
+  if (options.storage !== undefined) flags.storage = options.storage;
   if (options.http !== undefined) {
     try {
       Object.assign(flags, parseHostPort(options.http));

@@ -39,6 +39,13 @@ export const ConfigSchema = Type.Object(
       { backup: Type.Integer({ minimum: 1 }), restore: Type.Integer({ minimum: 1 }), verify: Type.Integer({ minimum: 1 }), import: Type.Integer({ minimum: 1 }) },
       { additionalProperties: false },
     ),
+    /** where backups live: file:///path (default <dir>/storage) or s3://BUCKET/PREFIX */
+    storage: Type.Union([Type.String({ pattern: '^(file|s3)://' }), Type.Null()]),
+    /** S3-compatible endpoint (omit for AWS), region and keys; the keys are secrets and never logged */
+    s3_endpoint: Type.Union([Type.String(), Type.Null()]),
+    s3_region: Type.String(),
+    s3_access_key: Type.Union([Type.String(), Type.Null()]),
+    s3_secret_key: Type.Union([Type.String(), Type.Null()]),
     log_level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
     /** public base URL used in links; defaults to http://host:port */
     public_url: Type.Union([Type.String(), Type.Null()]),
@@ -73,6 +80,11 @@ export const DEFAULTS: Config = {
   policy_late_grace_seconds: 3600,
   retention_min_keep: 1,
   job_timeout_seconds: { backup: 12 * 3600, restore: 12 * 3600, verify: 12 * 3600, import: 6 * 3600 },
+  storage: null,
+  s3_endpoint: null,
+  s3_region: 'us-east-1',
+  s3_access_key: null,
+  s3_secret_key: null,
   log_level: 'info',
   public_url: null,
   metrics_public: false,
@@ -98,6 +110,11 @@ const ENV: Record<string, keyof Config> = {
   BACKVAULT_SCHEDULER_TICK_SECONDS: 'scheduler_tick_seconds',
   BACKVAULT_POLICY_LATE_GRACE_SECONDS: 'policy_late_grace_seconds',
   BACKVAULT_RETENTION_MIN_KEEP: 'retention_min_keep',
+  BACKVAULT_STORAGE: 'storage',
+  BACKVAULT_S3_ENDPOINT: 's3_endpoint',
+  BACKVAULT_S3_REGION: 's3_region',
+  BACKVAULT_S3_ACCESS_KEY: 's3_access_key',
+  BACKVAULT_S3_SECRET_KEY: 's3_secret_key',
   BACKVAULT_LOG_LEVEL: 'log_level',
   BACKVAULT_PUBLIC_URL: 'public_url',
   BACKVAULT_METRICS_PUBLIC: 'metrics_public',
@@ -166,7 +183,9 @@ export function catalogPath(config: Config): string {
   return join(config.dir, 'catalog.db');
 }
 
+/** The local storage directory, when storage is local. */
 export function storagePath(config: Config): string {
+  if (config.storage?.startsWith('file://')) return resolve(new URL(config.storage).pathname);
   return join(config.dir, 'storage');
 }
 

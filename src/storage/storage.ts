@@ -48,6 +48,13 @@ export interface Storage {
 
   /** Removes the object; succeeds when it does not exist. */
   delete(key: string): Promise<void>;
+
+  /**
+   * Optional capability (S3): a URL that lets anyone holding it GET the
+   * object, without credentials, until expiresInSeconds have passed. Backends
+   * that cannot (local) leave it undefined; callers then stream through the server.
+   */
+  presignGet?(key: string, expiresInSeconds: number): Promise<string>;
 }
 
 /** Throws unless key is a safe relative storage key. */
