@@ -7,12 +7,14 @@ import { filesEngine } from './files/index.ts';
 import { sqliteEngine } from './sqlite/index.ts';
 import { mysqlEngine } from './mysql/index.ts';
 import { redisEngine } from './redis/index.ts';
+import { postgresEngine } from './postgres/index.ts';
 
 export const engines: Partial<Record<ResourceType, Engine>> = {
   sqlite: sqliteEngine,
   files: filesEngine,
   mysql: mysqlEngine,
   redis: redisEngine,
+  postgres: postgresEngine,
 };
 
 /** The resource types this server can back up and restore. */
