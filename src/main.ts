@@ -8,6 +8,7 @@ import { openCatalog, type CatalogDb } from './catalog/db.ts';
 import { LocalStorage } from './storage/local.ts';
 import { S3Storage } from './storage/s3.ts';
 import { withRetries } from './storage/retry.ts';
+import { withEncryption } from './storage/encrypted.ts';
 import type { Storage } from './storage/storage.ts';
 import { getEngine } from './engines/registry.ts';
 import { JobQueue } from './jobs/queue.ts';
@@ -84,9 +85,12 @@ const silentLog: Logger = { info: () => undefined, warn: () => undefined, error:
 
 /**
  * Local storage (the default) or an S3-compatible bucket; the retry wrapper
- * goes around whichever it is.
+ * goes around whichever it is, and encryption around that when configured
+ * (it checks the master key here, at start). raw skips encryption, for key
+ * maintenance (backvault key rotate).
  */
-export async function openStorage(config: Config): Promise<Storage> {
+export async function openStorage(config: Config, options: { raw?: boolean } = {}): Promise<Storage> {
+  const wrap = (s: Storage): Promise<Storage> => (options.raw ? Promise.resolve(s) : withEncryption(config, s));
   if (config.storage?.startsWith('s3://')) {
     if (!config.s3_access_key || !config.s3_secret_key) {
       throw new Error('S3 storage needs BACKVAULT_S3_ACCESS_KEY and BACKVAULT_S3_SECRET_KEY (or s3_access_key and s3_secret_key in the config file)');
@@ -97,12 +101,12 @@ export async function openStorage(config: Config): Promise<Storage> {
       S3_REGION: config.s3_region,
       ...(config.s3_endpoint ? { S3_ENDPOINT: config.s3_endpoint } : {}),
     };
-    return withRetries(S3Storage.fromUrl(config.storage, env));
+    return wrap(withRetries(S3Storage.fromUrl(config.storage, env)));
   }
   const local = new LocalStorage(storagePath(config));
   // Leftovers of puts cut short by a crash; only this process uses the directory.
   await local.cleanupTemp();
-  return withRetries(local);
+  return wrap(withRetries(local));
 }
 
 export async function openContext(config: Config, clock: Clock, log: Logger): Promise<{ ctx: ServiceContext; db: CatalogDb }> {

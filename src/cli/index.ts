@@ -13,6 +13,8 @@ import { stderr, stdout } from './format.ts';
 import { collect, positiveInt } from './parse.ts';
 import { addPolicyCommands } from './policy-commands.ts';
 import { addNotificationCommands } from './notify-commands.ts';
+import { addKeyCommands } from './key-commands.ts';
+import { addCatalogCommands } from './catalog-commands.ts';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -136,6 +138,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
   addPolicyCommands(program, client);
   addNotificationCommands(program, client);
+  addKeyCommands(program, setExit);
+  addCatalogCommands(program, client, setExit);
 
   const backups = program.command('backups').description('point-in-time copies of an instance');
   backups

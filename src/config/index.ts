@@ -46,6 +46,12 @@ export const ConfigSchema = Type.Object(
     s3_region: Type.String(),
     s3_access_key: Type.Union([Type.String(), Type.Null()]),
     s3_secret_key: Type.Union([Type.String(), Type.Null()]),
+    /** encrypt everything in storage; also on when a key file or passphrase is set (see docs/encryption.md) */
+    encryption: Type.Boolean(),
+    /** file holding the 256-bit master key (64 hex characters); without it and a passphrase, <dir>/master.key is generated */
+    encryption_key_file: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
+    /** passphrase the master key is derived from (scrypt); a secret, never logged: prefer BACKVAULT_ENCRYPTION_PASSPHRASE */
+    encryption_passphrase: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
     log_level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
     /** public base URL used in links; defaults to http://host:port */
     public_url: Type.Union([Type.String(), Type.Null()]),
@@ -85,6 +91,9 @@ export const DEFAULTS: Config = {
   s3_region: 'us-east-1',
   s3_access_key: null,
   s3_secret_key: null,
+  encryption: false,
+  encryption_key_file: null,
+  encryption_passphrase: null,
   log_level: 'info',
   public_url: null,
   metrics_public: false,
@@ -115,6 +124,9 @@ const ENV: Record<string, keyof Config> = {
   BACKVAULT_S3_REGION: 's3_region',
   BACKVAULT_S3_ACCESS_KEY: 's3_access_key',
   BACKVAULT_S3_SECRET_KEY: 's3_secret_key',
+  BACKVAULT_ENCRYPTION: 'encryption',
+  BACKVAULT_ENCRYPTION_KEY_FILE: 'encryption_key_file',
+  BACKVAULT_ENCRYPTION_PASSPHRASE: 'encryption_passphrase',
   BACKVAULT_LOG_LEVEL: 'log_level',
   BACKVAULT_PUBLIC_URL: 'public_url',
   BACKVAULT_METRICS_PUBLIC: 'metrics_public',

@@ -39,6 +39,8 @@ export const ERRORS = {
   engine_failed: { status: 500, message: 'The database or file operation failed.' },
   storage_failed: { status: 500, message: 'The storage backend failed.' },
   storage_not_found: { status: 404, message: 'The object does not exist in storage.' },
+  key_not_exported: { status: 409, message: 'The master encryption key was generated on this server and exists nowhere else; run `backvault key export` (or `backvault key confirm-stored`) before backups are written to remote storage.' },
+  encryption_key_invalid: { status: 500, message: 'The encryption key does not fit this storage; see the message for which key is expected.' },
   verification_failed: { status: 500, message: 'What was restored does not match the manifest.' },
   cancelled: { status: 409, message: 'The operation was cancelled.' },
   job_timeout: { status: 500, message: 'The job ran longer than its configured timeout and was stopped.' },

@@ -9,8 +9,14 @@ import type { ServiceContext } from '../services/context.ts';
 import { registerAuth, bearerOf } from './auth.ts';
 import { sendError, errorBody } from './errors.ts';
 import { nativeRoutes } from './dialects/native/routes.ts';
+import { syncanoDialect } from './dialects/syncano/index.ts';
+import { scalingoDialect } from './dialects/scalingo/index.ts';
+import { pocketbaseDialect } from './dialects/pocketbase/index.ts';
+import { cloud66Dialect } from './dialects/cloud66/index.ts';
+import { appwriteDialect } from './dialects/appwrite/index.ts';
 import { AppError } from '../errors/index.ts';
 import { BACKVAULT_VERSION } from '../services/backups.ts';
+import { startMetrics } from '../services/metrics.ts';
 
 export interface AppOptions {
   /** false for no request log; otherwise its level. Secrets are always redacted. */
@@ -61,7 +67,9 @@ export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): P
     timeWindow: 60_000,
     // Per credential where there is one (hashed: the key itself never sits in memory maps), else per address.
     keyGenerator: (req) => {
-      const bearer = bearerOf(req);
+      // Dialects carry their keys in their own headers; each credential gets its own budget.
+      const header = req.headers['x-api-key'] ?? req.headers['x-appwrite-key'];
+      const bearer = bearerOf(req) ?? (typeof header === 'string' ? header : null);
       return bearer ? `k:${createHash('sha256').update(bearer).digest('hex').slice(0, 32)}` : `ip:${req.ip}`;
     },
     errorResponseBuilder: (_req, context) => {
@@ -91,6 +99,11 @@ export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): P
   // Platform dialects, each under its own prefix with its own auth and error
   // shapes (see src/http/dialects/*/index.ts). One line each.
   // -- dialects begin
+  await app.register(syncanoDialect, { prefix: '/syncano/v1', ctx });
+  await app.register(scalingoDialect, { prefix: '/scalingo/api', ctx });
+  await app.register(pocketbaseDialect(ctx), { prefix: '/pocketbase/:instance' });
+  await app.register(cloud66Dialect, { prefix: '/cloud66/api/3', ctx });
+  await app.register(appwriteDialect, { prefix: '/appwrite/v1', ctx });
   // -- dialects end
 
   await app.register(
@@ -100,6 +113,11 @@ export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): P
     },
     { prefix: '/api/v1' },
   );
+  // Prometheus scrapes outside /api/v1, with a read key unless metrics_public (docs/metrics.md).
+  app.get('/metrics', { config: { auth: ctx.config.metrics_public ? 'none' : 'read' }, schema: { hide: true } }, async (_req, reply) => {
+    const metrics = startMetrics(ctx);
+    return reply.type(metrics.contentType).send(await metrics.render());
+  });
 
   return app;
 }

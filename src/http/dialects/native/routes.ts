@@ -16,6 +16,7 @@ import { bearerOf } from '../../auth.ts';
 import { sendDownload } from '../../download.ts';
 import { notificationRoutes } from './notifications.ts';
 import { policyRoutes } from './policies.ts';
+import { storageRoutes } from './storage.ts';
 
 const Name = Type.String({ pattern: NAME_PATTERN, description: 'lowercase letters, digits, _ and -; at most 63 characters' });
 const Id = Type.String({ pattern: '^[0-9a-f]{24}$' });
@@ -336,6 +337,7 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
   r.get('/restores/:id', { config: { auth: 'read' }, schema: { tags: ['restores'], params: Type.Object({ id: Id }) } }, async (req) => restores.getRestore(ctx, req.params.id));
   await policyRoutes(app, ctx);
   await notificationRoutes(app, ctx);
+  await storageRoutes(app, ctx);
   void bearerOf;
 }
 
