@@ -345,6 +345,30 @@ describe('API end to end', () => {
     assert.equal(verified.verify_status, 'success', JSON.stringify(verified.verify_result));
   });
 
+  test('a drill of a backup whose stored artifact was damaged fails and names the artifact', async () => {
+    const dbPath = join(work.path, 'drill.db');
+    makeDb(dbPath, 30);
+    await t.api('POST', '/api/v1/instances', { name: 'drill' });
+    await t.api('POST', '/api/v1/instances/drill/resources', { name: 'db', type: 'sqlite', connection: dbPath });
+    const b = await waitFor(t.api, `/api/v1/backups/${(await t.api('POST', '/api/v1/instances/drill/backups', { type: 'full' })).body.id}`);
+    assert.equal(b.status, 'success', b.status_info);
+    const stored = join(t.dir, 'storage', 'backups', b.id, 'resources', 'db', 'database.sqlite.zst');
+    const bytes = await readFile(stored);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0x55;
+    await writeFile(stored, bytes);
+    assert.equal((await t.api('POST', `/api/v1/backups/${b.id}/verify`)).status, 202);
+    const v = await waitFor(t.api, `/api/v1/backups/${b.id}`, 'verify_status');
+    assert.equal(v.verify_status, 'error');
+    assert.match(JSON.stringify(v.verify_result), /resources\/db\/database\.sqlite\.zst/);
+    // A restore from it fails too, and the live database is untouched.
+    const before = dumpDb(dbPath);
+    const r = await t.api('POST', '/api/v1/instances/drill/restores', { backup: b.id });
+    const done = await waitFor(t.api, `/api/v1/restores/${r.body.id}`);
+    assert.equal(done.status, 'error');
+    assert.match(done.status_info, /database\.sqlite\.zst/);
+    assert.deepEqual(dumpDb(dbPath), before);
+  });
+
   test('bad uploads are refused with a clear code and leave nothing behind', async () => {
     await t.api('POST', '/api/v1/instances', { name: 'imp' });
     const dbPath = join(work.path, 'imp.db');

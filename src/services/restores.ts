@@ -127,19 +127,25 @@ export async function restoreArtifact(
     seen += c.length;
     onBytes?.(seen);
   });
-  const piping = pipeline(source, counter, new ChecksumVerifier(entry.sha256, entry.size, label), decompressor(entry.compression, label), input, { signal });
+  // Settled into a value at once: the pipeline may fail (a damaged artifact) while the engine is still busy,
+  // and a rejection nobody is waiting for yet must not become an unhandled one.
+  const piped = pipeline(source, counter, new ChecksumVerifier(entry.sha256, entry.size, label), decompressor(entry.compression, label), input, { signal }).then(
+    () => null,
+    (e: unknown) => e,
+  );
   const partial = entry.selection !== null || entry.exclude.length > 0;
   let report: RestoreReport;
   try {
     report = await engine.restore({ target, input, expected: entry.counts, mode, partial, workDir, signal });
   } catch (err) {
     input.destroy();
-    const pipeErr = await piping.then(() => null, (e: unknown) => e);
+    const pipeErr = await piped;
     // A damaged artifact explains an engine failure better than the engine's own message.
     if (pipeErr instanceof AppError && pipeErr.code === 'checksum_mismatch') throw pipeErr;
     throw err;
   }
-  await piping;
+  const pipeErr = await piped;
+  if (pipeErr) throw pipeErr;
   return report;
 }
 
