@@ -11,7 +11,6 @@ import Database from 'better-sqlite3';
 import { startTestServer, tempDir, type TestServer } from './helpers.ts';
 import { startServer } from '../src/main.ts';
 import { syncanoId, parseSyncanoId } from '../src/http/dialects/syncano/ids.ts';
-import { syncanoMaxBackups } from '../src/http/dialects/syncano/index.ts';
 import { syncanoTime } from '../src/http/dialects/syncano/views.ts';
 
 const INSTANCE = 'syncano';
@@ -151,9 +150,6 @@ describe('Syncano dialect', () => {
     assert.equal(parseSyncanoId('x'), null);
     assert.equal(parseSyncanoId(0), null);
     assert.equal(syncanoTime('2016-04-25T09:23:58.154Z'), '2016-04-25T09:23:58.154000Z');
-    assert.equal(syncanoMaxBackups({}), 25);
-    assert.equal(syncanoMaxBackups({ BACKVAULT_SYNCANO_MAX_BACKUPS: '3' }), 3);
-    assert.throws(() => syncanoMaxBackups({ BACKVAULT_SYNCANO_MAX_BACKUPS: 'many' }));
   });
 
   test('auth: X-API-KEY required; read keys read, admin keys write; errors are {"detail"}', async () => {
@@ -437,12 +433,8 @@ describe('Syncano dialect', () => {
     const forbidden = await call(base, 'DELETE', `/v1/backups/full/${fullId}/`, readKey);
     assert.equal(forbidden.status, 403);
 
-    // A server whose limit is 2, set the way an operator would.
-    const saved = process.env.BACKVAULT_SYNCANO_MAX_BACKUPS;
-    process.env.BACKVAULT_SYNCANO_MAX_BACKUPS = '2';
-    const small = await startTestServer();
-    if (saved === undefined) delete process.env.BACKVAULT_SYNCANO_MAX_BACKUPS;
-    else process.env.BACKVAULT_SYNCANO_MAX_BACKUPS = saved;
+    // A server whose limit is 2 (config syncano_max_backups).
+    const small = await startTestServer({ syncano_max_backups: 2 });
     try {
       await small.api('POST', '/api/v1/instances', { name: 'a' });
       await small.api('POST', '/api/v1/instances', { name: 'b' });

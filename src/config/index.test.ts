@@ -31,3 +31,9 @@ test('HOST:PORT parsing', () => {
   assert.deepEqual(parseHostPort(':9'), { host: '127.0.0.1', port: 9 });
   assert.throws(() => parseHostPort('nope'), ConfigError);
 });
+
+test('the Syncano account limit is a config key, 25 by default', () => {
+  assert.equal(loadConfig({ env: {} }).syncano_max_backups, 25);
+  assert.equal(loadConfig({ env: { BACKVAULT_SYNCANO_MAX_BACKUPS: '3' } }).syncano_max_backups, 3);
+  assert.throws(() => loadConfig({ env: { BACKVAULT_SYNCANO_MAX_BACKUPS: 'many' } }), ConfigError);
+});

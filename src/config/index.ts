@@ -52,6 +52,8 @@ export const ConfigSchema = Type.Object(
     encryption_key_file: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
     /** passphrase the master key is derived from (scrypt); a secret, never logged: prefer BACKVAULT_ENCRYPTION_PASSPHRASE */
     encryption_passphrase: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
+    /** Syncano dialect: most backups per account (the whole server); 0 means no limit */
+    syncano_max_backups: Type.Integer({ minimum: 0 }),
     log_level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
     /** public base URL used in links; defaults to http://host:port */
     public_url: Type.Union([Type.String(), Type.Null()]),
@@ -94,6 +96,7 @@ export const DEFAULTS: Config = {
   encryption: false,
   encryption_key_file: null,
   encryption_passphrase: null,
+  syncano_max_backups: 25,
   log_level: 'info',
   public_url: null,
   metrics_public: false,
@@ -127,6 +130,7 @@ const ENV: Record<string, keyof Config> = {
   BACKVAULT_ENCRYPTION: 'encryption',
   BACKVAULT_ENCRYPTION_KEY_FILE: 'encryption_key_file',
   BACKVAULT_ENCRYPTION_PASSPHRASE: 'encryption_passphrase',
+  BACKVAULT_SYNCANO_MAX_BACKUPS: 'syncano_max_backups',
   BACKVAULT_LOG_LEVEL: 'log_level',
   BACKVAULT_PUBLIC_URL: 'public_url',
   BACKVAULT_METRICS_PUBLIC: 'metrics_public',

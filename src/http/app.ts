@@ -90,6 +90,11 @@ export async function buildApp(ctx: ServiceContext, options: AppOptions = {}): P
     },
   });
 
+  // The OpenAPI document describes the native API; dialects follow their platforms' documents.
+  app.addHook('onRoute', (route) => {
+    if (!route.url.startsWith('/api/v1')) route.schema = { ...(route.schema ?? {}), hide: true };
+  });
+
   registerAuth(app, ctx);
 
   app.setNotFoundHandler({ preHandler: app.rateLimit() }, (_req, reply) => {

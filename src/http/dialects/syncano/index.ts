@@ -21,20 +21,9 @@ export interface SyncanoOptions {
   ctx: ServiceContext;
 }
 
-const DEFAULT_MAX_BACKUPS = 25;
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 500;
 
-/**
- * Syncano's per-account backup limit. Read from the environment because the
- * dialect cannot add a config key; 0 means no limit.
- */
-export function syncanoMaxBackups(env: NodeJS.ProcessEnv = process.env): number {
-  const raw = env.BACKVAULT_SYNCANO_MAX_BACKUPS;
-  if (raw === undefined || raw.trim() === '') return DEFAULT_MAX_BACKUPS;
-  if (!/^\d{1,9}$/.test(raw.trim())) throw new Error('BACKVAULT_SYNCANO_MAX_BACKUPS must be a whole number of backups (0 for no limit).');
-  return Number(raw.trim());
-}
 
 type Kind = 'full' | 'partial';
 type Scope = 'read' | 'admin';
@@ -169,7 +158,8 @@ function paginate<T extends { id: number }>(items: T[], query: PageQuery, path: 
 export async function syncanoDialect(app: FastifyInstance, options: SyncanoOptions): Promise<void> {
   const { ctx } = options;
   const base = app.prefix; // /syncano/v1: links carry it so they can be fetched from the same host
-  const maxBackups = syncanoMaxBackups();
+  // Syncano's per-account limit (config syncano_max_backups); 0 means no limit.
+  const maxBackups = ctx.config.syncano_max_backups;
   const index = new BackupIndex();
 
   // Bodies as Syncano reads them: JSON (an empty body is an empty object), forms, multipart (global plugin).
