@@ -158,6 +158,7 @@ describe('PocketBase dialect', () => {
     assert.equal((await failure(anon.collection('users').authWithPassword(EMAIL, PASSWORD))).status, 404);
 
     const auth = await pb.collection('_superusers').authWithPassword(EMAIL, PASSWORD);
+    assert.equal(pb.authStore.isSuperuser, true, 'the SDK recognises a superuser session');
     assert.ok(auth.token);
     assert.equal(auth.record.collectionName, '_superusers');
     assert.equal(auth.record.email, EMAIL);

@@ -101,14 +101,19 @@ export async function loadTokenSecret(db: CatalogDb): Promise<Uint8Array> {
 
 const ISSUER = 'backvault';
 
-export async function login(ctx: ServiceContext, email: string, password: string): Promise<{ token: string; expires_at: string }> {
+/**
+ * Checks a superuser's password and signs a login token. extraClaims lets a
+ * dialect add what its clients read from the token (PocketBase's SDK looks at
+ * `type` and `collectionId`); they never change what the token allows.
+ */
+export async function login(ctx: ServiceContext, email: string, password: string, extraClaims: Record<string, string> = {}): Promise<{ token: string; expires_at: string }> {
   const user = await ctx.db.selectFrom('superusers').selectAll().where('email', '=', email.toLowerCase()).executeTakeFirst();
   // Hash even when the user does not exist, so timing does not reveal which emails exist.
   const ok = user ? await verifyPassword(password, user.password_hash) : (await hashPassword(password), false);
   if (!user || !ok) throw new AppError('invalid_credentials');
   const now = ctx.clock.now();
   const exp = Math.floor(now.getTime() / 1000) + ctx.config.token_ttl_seconds;
-  const token = await new SignJWT({ scope: 'admin' })
+  const token = await new SignJWT({ ...extraClaims, scope: 'admin' })
     .setProtectedHeader({ alg: 'HS256' })
     .setIssuer(ISSUER)
     .setAudience('api')

@@ -165,7 +165,7 @@ export async function pocketbaseRoutes(app: FastifyInstance, ctx: ServiceContext
     }
     if (Object.keys(data).length > 0) throw new PbError(400, MSG.validation, data);
     const identity = body.identity as string;
-    const { token } = await auth.login(ctx, identity, body.password as string);
+    const { token } = await auth.login(ctx, identity, body.password as string, { type: 'auth', collectionId: SUPERUSERS_ID });
     const principal = await auth.authenticate(ctx, token);
     const record = {
       collectionId: SUPERUSERS_ID,
