@@ -54,6 +54,8 @@ export const ConfigSchema = Type.Object(
     encryption_passphrase: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
     /** Syncano dialect: most backups per account (the whole server); 0 means no limit */
     syncano_max_backups: Type.Integer({ minimum: 0 }),
+    /** Cloud66 dialect: backups larger than this are listed as parts of this size */
+    cloud66_part_bytes: Type.Integer({ minimum: 1024 }),
     log_level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
     /** public base URL used in links; defaults to http://host:port */
     public_url: Type.Union([Type.String(), Type.Null()]),
@@ -97,6 +99,7 @@ export const DEFAULTS: Config = {
   encryption_key_file: null,
   encryption_passphrase: null,
   syncano_max_backups: 25,
+  cloud66_part_bytes: 250 * 1024 * 1024,
   log_level: 'info',
   public_url: null,
   metrics_public: false,
@@ -131,6 +134,7 @@ const ENV: Record<string, keyof Config> = {
   BACKVAULT_ENCRYPTION_KEY_FILE: 'encryption_key_file',
   BACKVAULT_ENCRYPTION_PASSPHRASE: 'encryption_passphrase',
   BACKVAULT_SYNCANO_MAX_BACKUPS: 'syncano_max_backups',
+  BACKVAULT_CLOUD66_PART_BYTES: 'cloud66_part_bytes',
   BACKVAULT_LOG_LEVEL: 'log_level',
   BACKVAULT_PUBLIC_URL: 'public_url',
   BACKVAULT_METRICS_PUBLIC: 'metrics_public',

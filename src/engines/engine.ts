@@ -85,6 +85,13 @@ export interface Engine {
 
   restore(request: RestoreRequest): Promise<RestoreReport>;
 
+  /**
+   * The version of the server a target lives on, for warning when a backup
+   * goes to another major version; null when it cannot be told. Optional:
+   * engines without a server (files) leave it out.
+   */
+  serverVersion?(target: ResourceSpec, signal: AbortSignal): Promise<string | null>;
+
   /** A place to restore into for a verification drill, beside nothing the user owns. */
   scratchTarget(resource: ResourceSpec, workDir: string): Promise<ScratchTarget>;
 }

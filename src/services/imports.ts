@@ -131,7 +131,7 @@ export async function importUpload(
 }
 
 /** A URL import: a backup in status scheduled whose job fetches and validates the archive. */
-export async function importFromUrl(ctx: ServiceContext, instance: string, url: string): Promise<BackupView> {
+export async function importFromUrl(ctx: ServiceContext, instance: string, url: string, options: { policy_id?: string } = {}): Promise<BackupView> {
   const inst = await getInstanceRow(ctx, instance);
   let parsed: URL;
   try {
@@ -141,7 +141,8 @@ export async function importFromUrl(ctx: ServiceContext, instance: string, url: 
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new AppError('import_url_refused', 'Only http and https URLs can be imported.');
   await assertQuota(ctx, instance, inst.max_backups);
-  const row = { ...importRow(ctx, instance, 'scheduled'), started_at: null };
+  // An import may join a policy's backups (Cloud66's backup group), so that policy's retention counts it.
+  const row = { ...importRow(ctx, instance, 'scheduled'), started_at: null, policy_id: options.policy_id ?? null };
   await ctx.db.transaction().execute(async (trx) => {
     await trx.insertInto('backups').values(row).execute();
     await ctx.jobs.enqueue({ kind: 'import', instance, subjectId: row.id, exclusive: true, payload: { source: 'url', url } }, trx);

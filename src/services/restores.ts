@@ -134,6 +134,7 @@ export async function restoreArtifact(
     (e: unknown) => e,
   );
   const partial = entry.selection !== null || entry.exclude.length > 0;
+  const versionWarning = await majorVersionWarning(engine, target, entry, signal);
   let report: RestoreReport;
   try {
     report = await engine.restore({ target, input, expected: entry.counts, mode, partial, workDir, signal });
@@ -146,7 +147,31 @@ export async function restoreArtifact(
   }
   const pipeErr = await piped;
   if (pipeErr) throw pipeErr;
-  return report;
+  return versionWarning ? { ...report, warnings: [versionWarning, ...report.warnings] } : report;
+}
+
+/** "15.4 (Debian ...)" -> "15"; "10.11.6-MariaDB" -> "10.11"; "7.0.15" -> "7". */
+export function majorOf(version: string, type: string): string {
+  const nums = /^(\d+)(?:\.(\d+))?/.exec(version.trim());
+  if (!nums) return version.trim();
+  // PostgreSQL >= 10 and Redis count majors in the first number; MySQL/MariaDB in the first two.
+  if (type === 'mysql' || (type === 'postgres' && Number(nums[1]) < 10)) return nums[2] !== undefined ? `${nums[1]}.${nums[2]}` : nums[1]!;
+  return nums[1]!;
+}
+
+/** A warning when the target server's major version differs from the one the backup came from. */
+async function majorVersionWarning(engine: Engine, target: ResourceSpec, entry: ManifestResource, signal: AbortSignal): Promise<string | null> {
+  if (!engine.serverVersion || !entry.server_version) return null;
+  let now: string | null;
+  try {
+    now = await engine.serverVersion(target, signal);
+  } catch {
+    return null; // the restore itself will say why the server cannot be reached
+  }
+  if (!now) return null;
+  const from = majorOf(entry.server_version, entry.type);
+  const to = majorOf(now, entry.type);
+  return from === to ? null : `The backup of ${entry.name} comes from ${entry.type} ${entry.server_version} and was restored into ${now}, another major version: check the application against it.`;
 }
 
 interface ResourceResult {

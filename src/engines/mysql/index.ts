@@ -54,4 +54,11 @@ export const mysqlEngine: Engine = {
   dump,
   restore,
   scratchTarget,
+  async serverVersion(target, signal) {
+    const p = parseConnection(target.connection);
+    return withConnection(p, signal, null, 'Reading the server version', async (conn) => {
+      const r = await rows(conn, 'SELECT VERSION() AS v');
+      return String(r[0]?.v ?? '') || null;
+    });
+  },
 };

@@ -410,4 +410,13 @@ export const postgresEngine: Engine = {
   dump,
   restore,
   scratchTarget,
+  async serverVersion(target, signal) {
+    // The maintenance database answers even when the target database does not exist yet.
+    const client = await connectMaintenance(parseConnection(target.connection), signal);
+    try {
+      return (await serverInfo(client)).version;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  },
 };

@@ -13,7 +13,7 @@ import type { Redis } from 'ioredis';
 import type { ObjectInfo, ResourceSpec } from '../../domain/types.ts';
 import { AppError } from '../../errors/index.ts';
 import type { Engine, ScratchTarget } from '../engine.ts';
-import { asAppError, closeClient, MAX_DB, openClient, parseConnection, resourceDatabases } from './connection.ts';
+import { asAppError, closeClient, MAX_DB, openClient, parseConnection, resourceDatabases, serverVersion } from './connection.ts';
 import { dump, scanPage } from './dump.ts';
 import { escapeGlob } from './glob.ts';
 import { restore } from './restore.ts';
@@ -175,4 +175,13 @@ export const redisEngine: Engine = {
   dump,
   restore,
   scratchTarget,
+  async serverVersion(target, signal) {
+    const client = await openClient(parseConnection(target.connection), 0, signal);
+    try {
+      const v = await serverVersion(client);
+      return v === 'unknown' ? null : v;
+    } finally {
+      client.disconnect();
+    }
+  },
 };
