@@ -120,6 +120,19 @@ test('postgres + redis + files: one backup, one manifest, full and selective res
   assert.equal((await waitFor(server.api, `/api/v1/restores/${r3.body.id}`, 'status', 120_000)).status, 'success');
   assert.equal((await pgQuery(`${db}_copy`, 'SELECT count(*)::int AS n FROM accounts'))[0].n, 300);
 
+  // A backup that came from another major version restores with a warning that says so.
+  const manifestPath = join(server.dir, 'storage', 'backups', b.id, 'manifest.json');
+  const stored = JSON.parse(await readFile(manifestPath, 'utf8'));
+  stored.resources[0].server_version = '14.11';
+  await writeFile(manifestPath, JSON.stringify(stored));
+  await pgQuery('postgres', `DROP DATABASE ${db}_copy WITH (FORCE)`);
+  const r4 = await server.api('POST', '/api/v1/instances/shop/restores', { backup: b.id, resources: ['db'], targets: { db: { connection: `postgres://postgres@127.0.0.1:5432/${db}_copy` } } });
+  const warned = await waitFor(server.api, `/api/v1/restores/${r4.body.id}`, 'status', 120_000);
+  assert.equal(warned.status, 'success', warned.status_info);
+  assert.match(warned.result.resources[0].warnings.join(' '), /14\.11.*another major version/);
+  stored.resources[0].server_version = dbEntry.server_version;
+  await writeFile(manifestPath, JSON.stringify(stored));
+
   // A drill restores everything into scratch targets and leaves the live data alone.
   await server.api('POST', `/api/v1/backups/${b.id}/verify`);
   const v = await waitFor(server.api, `/api/v1/backups/${b.id}`, 'verify_status', 120_000);
