@@ -15,7 +15,9 @@ import type { ObjectCounts, ResourceSpec } from '../../domain/types.ts';
 import { AppError, isErrorCode } from '../../errors/index.ts';
 import type { DumpInfo, RestoreRequest } from '../engine.ts';
 import { filesEngine } from './index.ts';
+import { Carrier, planCarry } from './carry.ts';
 import { swapContents } from './restore.ts';
+import { PathFilter } from './select.ts';
 
 type TarHeader = Partial<tar.Header> & { name: string };
 
@@ -294,6 +296,163 @@ describe('files engine', () => {
     }
     assert.deepEqual(after['a/new.txt'], changed['a/new.txt']);
     assert.deepEqual(await leftovers(dirname(src)), []);
+  });
+
+  describe('full in-place restore keeps what the resource options leave out', () => {
+    /** The part of a tree state under the given top-level names (or, with invert, outside them). */
+    function part(state: Record<string, Node>, under: (p: string) => boolean): Record<string, Node> {
+      return Object.fromEntries(Object.entries(state).filter(([p]) => under(p)));
+    }
+
+    it('carries excluded directories (nested, with links) over byte for byte; covered additions go', async () => {
+      const base = await freshDir();
+      const src = join(base, 'src');
+      await mkdir(src);
+      const outside = await makeTree(src);
+      // An outside directory that a followed link would expose or move.
+      const outsideDir = join(base, 'outside-dir');
+      await mkdir(outsideDir);
+      await writeFile(join(outsideDir, 'x.txt'), OUTSIDE_MARKER);
+      const options = { exclude: ['**/node_modules', 'cache/**', 'tmp-link'] };
+      const inExcluded = (p: string) => p.split('/').includes('node_modules') || p === 'cache' || p.startsWith('cache/') || p === 'tmp-link';
+
+      await mkdir(join(src, 'node_modules/pkg/lib'), { recursive: true });
+      await writeFile(join(src, 'node_modules/pkg/lib/index.js'), 'module.exports = 1;\n');
+      await mkdir(join(src, 'a/b/node_modules/.bin'), { recursive: true });
+      await mkdir(join(src, 'cache'));
+      await writeFile(join(src, 'cache/blob'), Buffer.alloc(100_000, 7));
+      const { file, info } = await dumpToFile(src, { options });
+      assert.ok((await tarNames(file)).every((x) => !inExcluded(x.replace(/\/$/, ''))));
+      const covered = part(await treeState(src), (p) => !inExcluded(p));
+
+      // After the backup: the excluded areas change and grow; covered paths change.
+      await writeFile(join(src, 'node_modules/pkg/lib/index.js'), 'module.exports = 2;\n');
+      await mkdir(join(src, 'node_modules/pkg/deep/deeper'), { recursive: true });
+      await writeFile(join(src, 'node_modules/pkg/deep/deeper/data.bin'), Buffer.alloc(70_000, 3), { mode: 0o640 });
+      await chmod(join(src, 'node_modules/pkg/deep/deeper/data.bin'), 0o640);
+      await utimes(join(src, 'node_modules/pkg/deep'), T2020, T2020);
+      await chmod(join(src, 'node_modules/pkg/deep'), 0o750);
+      await writeFile(join(src, 'a/b/node_modules/.bin/tool'), '#!/bin/sh\n', { mode: 0o755 });
+      await symlink('../../x.txt', join(src, 'a/b/node_modules/.bin/rel-link'));
+      await symlink(outsideDir, join(src, 'node_modules/outside-dir-link'));
+      await symlink(outside, join(src, 'node_modules/outside-file-link'));
+      await symlink(outsideDir, join(src, 'tmp-link')); // an excluded link at the top, pointing at a directory
+      await writeFile(join(src, 'cache/new'), 'new cache entry');
+      await writeFile(join(src, 'added-later.txt'), 'covered, not in the backup');
+      await mkdir(join(src, 'a/new-dir'));
+      await writeFile(join(src, 'a/hello.txt'), 'changed');
+      const excludedBefore = part(await treeState(src), inExcluded);
+      const outsideBefore = await treeState(outsideDir);
+
+      const r = await filesEngine.restore({ ...restoreReq(src, file, info.counts), target: resource(src, options) });
+      assert.deepEqual(compareCounts(info.counts, r.counts), []);
+      assert.deepEqual(r.warnings, []);
+      const after = await treeState(src);
+      assert.deepEqual(part(after, inExcluded), excludedBefore);
+      assert.deepEqual(part(after, (p) => !inExcluded(p)), covered);
+      assert.equal(after['added-later.txt'], undefined);
+      assert.equal(after['a/new-dir'], undefined);
+      for (const l of ['tmp-link', 'node_modules/outside-dir-link', 'node_modules/outside-file-link', 'a/b/node_modules/.bin/rel-link']) {
+        assert.equal((await lstat(join(src, l))).isSymbolicLink(), true, l);
+      }
+      assert.deepEqual(await treeState(outsideDir), outsideBefore);
+      assert.equal(await readFile(outside, 'utf8'), OUTSIDE_MARKER);
+      assert.deepEqual(await leftovers(dirname(src)), []);
+      // The restored target dumps, with the same options, to the backup's tree.
+      const again = await dumpToFile(src, { options });
+      assert.deepEqual(compareCounts(info.counts, again.info.counts), []);
+    });
+
+    it('keeps paths the include option does not take, and makes their directories where the backup has none', async () => {
+      const src = join(await freshDir(), 'src');
+      await mkdir(src);
+      const options = { include: ['uploads/**', 'data/keep/**', 'x/y/**'] };
+      await mkdir(join(src, 'uploads/2024'), { recursive: true });
+      await writeFile(join(src, 'uploads/2024/a.jpg'), 'jpeg');
+      await mkdir(join(src, 'data/keep'), { recursive: true });
+      await writeFile(join(src, 'data/keep/k.txt'), 'kept');
+      await writeFile(join(src, 'data/other.txt'), 'not included');
+      await writeFile(join(src, 'notes.txt'), 'not included');
+      const { file, info } = await dumpToFile(src, { options });
+      assert.deepEqual(await tarNames(file), ['data/', 'data/keep/', 'data/keep/k.txt', 'uploads/', 'uploads/2024/', 'uploads/2024/a.jpg']);
+      const covered = await treeState(src);
+
+      await writeFile(join(src, 'notes.txt'), 'changed after the backup');
+      await writeFile(join(src, 'data/other.txt'), 'changed too');
+      await writeFile(join(src, 'uploads/2024/b.jpg'), 'added after the backup');
+      await writeFile(join(src, 'data/keep/new.txt'), 'added after the backup');
+      // x did not exist at backup time: x/y is covered (goes), x/z is not (stays, in an x made like the old one).
+      await mkdir(join(src, 'x/y'), { recursive: true });
+      await writeFile(join(src, 'x/y/covered.txt'), 'goes');
+      await writeFile(join(src, 'x/z.txt'), 'stays');
+      await chmod(join(src, 'x'), 0o705);
+      await utimes(join(src, 'x'), T2021, T2021);
+      const changed = await treeState(src);
+
+      const r = await filesEngine.restore({ ...restoreReq(src, file, info.counts), target: resource(src, options) });
+      assert.deepEqual(compareCounts(info.counts, r.counts), []);
+      const after = await treeState(src);
+      assert.deepEqual(after, {
+        ...part(covered, (p) => p.startsWith('uploads') || p.startsWith('data')),
+        'data/other.txt': changed['data/other.txt'],
+        'notes.txt': changed['notes.txt'],
+        x: changed.x,
+        'x/z.txt': changed['x/z.txt'],
+      });
+      assert.deepEqual(await leftovers(dirname(src)), []);
+    });
+
+    it('lets the backup win where it has a path the options now leave out', async () => {
+      const src = join(await freshDir(), 'src');
+      await mkdir(src);
+      await mkdir(join(src, 'cache'));
+      await writeFile(join(src, 'cache/old.txt'), 'from the backup');
+      await writeFile(join(src, 'f.txt'), 'f');
+      const { file, info } = await dumpToFile(src); // no exclusions yet
+      await writeFile(join(src, 'cache/old.txt'), 'changed since');
+      await writeFile(join(src, 'cache/new.txt'), 'only in the target');
+      const r = await filesEngine.restore({ ...restoreReq(src, file, info.counts), target: resource(src, { exclude: ['cache/**'] }) });
+      assert.deepEqual(compareCounts(info.counts, r.counts), []);
+      assert.equal(await readFile(join(src, 'cache/old.txt'), 'utf8'), 'from the backup');
+      assert.equal(await readFile(join(src, 'cache/new.txt'), 'utf8'), 'only in the target');
+      assert.equal(r.warnings.length, 1);
+      assert.match(r.warnings[0]!, /"cache\/old\.txt"/);
+    });
+
+    it('leaves a new target as the backup has it', async () => {
+      const src = join(await freshDir(), 'src');
+      await mkdir(src);
+      await writeFile(join(src, 'f.txt'), 'f');
+      const { file, info } = await dumpToFile(src, { options: { exclude: ['cache'] } });
+      const target = join(await freshDir(), 't');
+      await mkdir(join(target, 'cache'), { recursive: true });
+      await writeFile(join(target, 'cache/x'), 'x');
+      await filesEngine.restore({ ...restoreReq(target, file, info.counts, { mode: 'new_target' }), target: resource(target, { exclude: ['cache'] }) });
+      assert.deepEqual(await readdir(target), ['f.txt']);
+    });
+
+    it('undo puts carried paths back where they were', async () => {
+      const target = join(await freshDir(), 't');
+      await mkdir(join(target, 'node_modules/p'), { recursive: true });
+      await writeFile(join(target, 'node_modules/p/i.js'), 'js');
+      await mkdir(join(target, 'm'));
+      await writeFile(join(target, 'm/left-out.txt'), 'x');
+      await writeFile(join(target, 'm/in.txt'), 'x');
+      await utimes(join(target, 'm'), T2020, T2020);
+      const state = await treeState(target);
+      const staging = await freshDir();
+      const filter = new PathFilter([['m/in.txt']], ['node_modules']);
+      const plan = await planCarry(target, staging, filter, new Set(), never);
+      assert.deepEqual(
+        plan.ops.map((o) => `${o.kind} ${o.rel}`),
+        ['mkdir m', 'move m/left-out.txt', 'move node_modules'],
+      );
+      const carrier = new Carrier(target, staging, plan);
+      await carrier.run();
+      assert.deepEqual((await treeState(staging)).m, state.m);
+      assert.deepEqual(await carrier.undo(), []);
+      assert.deepEqual(await treeState(target), state);
+    });
   });
 
   describe('refuses hostile archives', () => {

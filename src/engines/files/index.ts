@@ -2,12 +2,13 @@
 // files, symlinks as links; modes and mtimes kept), restorable with GNU tar.
 import { mkdir, mkdtemp, readdir, lstat, realpath, rm, stat, chmod, chown } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import { compareCounts } from '../../domain/counts.ts';
 import type { ObjectInfo, ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
 import { tempPathBeside } from '../../platform/fs.ts';
 import type { DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
+import { Carrier, planCarry } from './carry.ts';
 import { dumpTree } from './dump.ts';
 import { extractInto, overlayInto, swapContents, swapInto } from './restore.ts';
 import { checkGlobs, PathFilter } from './select.ts';
@@ -72,8 +73,10 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const signal = req.signal;
   if (signal.aborted) throw new AppError('cancelled');
   const { dir: target, exists } = await resolveTarget(checkPath(req.target.connection));
-  await mkdir(dirname(target), { recursive: true });
   const overlay = req.partial && req.mode === 'in_place';
+  // A full in-place restore keeps what the resource's options (as they are now) leave out of backups; see carry.ts.
+  const opts = !overlay && req.mode === 'in_place' && exists ? optionGlobs(req.target.options ?? {}) : null;
+  await mkdir(dirname(target), { recursive: true });
 
   // Staging beside target keeps every rename on one file system. A mount
   // point (a Docker volume, say) is its own file system and cannot be
@@ -83,8 +86,15 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const tag = randomBytes(6).toString('hex');
   const staging = mountPoint ? join(target, `.backvault-restore-${tag}`) : tempPathBeside(target);
   await mkdir(staging, { mode: 0o700 });
+  /** set when carried-over paths could not be put back: staging then holds the user's data and must stay */
+  let keepStaging = false;
   try {
     const list = await extractInto(staging, req.input, signal);
+    // Counted before anything is carried over (below), so counts and
+    // tree_sha256 describe exactly the backed-up paths: what the manifest
+    // recorded at dump time, where the same options kept the carried paths
+    // out of the count too. Counting the carried paths would make every
+    // restore of a resource with exclusions "not match" its backup.
     const counts = await countTree(staging, signal);
     // Check before anything is visible: a mismatch leaves the target as it was.
     const diffs = compareCounts(req.expected, counts);
@@ -98,17 +108,50 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
       // The moved inodes are the ones counted above, so counts describe what the target now holds at the backed-up paths.
       await overlayInto(staging, target, list);
       warnings = [];
-    } else if (mountPoint) {
-      warnings = await swapContents(staging, target, join(target, `.backvault-old-${tag}`));
     } else {
-      // The tree's root is not in the archive: keep the old root's mode and owner.
-      if (targetStat) {
-        await chmod(staging, targetStat.mode & 0o7777);
-        if (process.getuid?.() === 0) await chown(staging, targetStat.uid, targetStat.gid);
-      } else {
-        await chmod(staging, 0o755);
+      warnings = [];
+      let carrier: Carrier | null = null;
+      if (opts) {
+        const filter = new PathFilter([opts.include], opts.exclude);
+        const plan = await planCarry(target, staging, filter, new Set(mountPoint ? [basename(staging)] : []), signal);
+        if (plan.replaced.length > 0) {
+          const shown = plan.replaced.slice(0, 5).map((p) => JSON.stringify(p)).join(', ');
+          const more = plan.replaced.length > 5 ? ` and ${plan.replaced.length - 5} more` : '';
+          warnings.push(`${plan.replaced.length} path(s) that the resource's options leave out of backups were replaced by what the backup has at or above them: ${shown}${more}`);
+        }
+        if (plan.ops.length > 0) carrier = new Carrier(target, staging, plan);
       }
-      warnings = await swapInto(staging, target, tempPathBeside(target));
+      try {
+        // From here on the left-out paths live in staging until the swap puts it in place (with them) or undo puts them back.
+        await carrier?.run();
+        if (mountPoint) {
+          warnings.push(...(await swapContents(staging, target, join(target, `.backvault-old-${tag}`))));
+        } else {
+          // The tree's root is not in the archive: keep the old root's mode and owner.
+          if (targetStat) {
+            await chmod(staging, targetStat.mode & 0o7777);
+            if (process.getuid?.() === 0) await chown(staging, targetStat.uid, targetStat.gid);
+          } else {
+            await chmod(staging, 0o755);
+          }
+          warnings.push(...(await swapInto(staging, target, tempPathBeside(target))));
+        }
+      } catch (err) {
+        const failed = carrier ? await carrier.undo() : [];
+        if (failed.length > 0) {
+          keepStaging = true;
+          throw new AppError(
+            'engine_failed',
+            `The restore failed (${(err as Error).message}), and ${failed.length} path(s) that the resource's options leave out of backups could not be moved back into ${target}: they are in ${staging} (${failed
+              .slice(0, 5)
+              .map((p) => JSON.stringify(p))
+              .join(', ')}${failed.length > 5 ? ', …' : ''}); move them back by hand.`,
+            { kept: staging, paths: failed.slice(0, 100) },
+            { cause: err },
+          );
+        }
+        throw err;
+      }
     }
     return { counts, warnings };
   } catch (err) {
@@ -121,7 +164,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     throw new AppError('engine_failed', `Restoring the files failed: ${(err as Error).message}`, undefined, { cause: err });
   } finally {
     // After a swap staging no longer exists; otherwise this removes every trace of the attempt.
-    await rm(staging, { recursive: true, force: true });
+    if (!keepStaging) await rm(staging, { recursive: true, force: true });
   }
 }
 

@@ -58,6 +58,7 @@ class GlobSet {
 export class PathFilter {
   private readonly sets: GlobSet[];
   private readonly exclude: ((p: string) => boolean) | null;
+  private readonly excludeSet: GlobSet | null;
   /** which globs matched nothing, to warn about them */
   private readonly unused: Map<string, (p: string) => boolean>;
 
@@ -66,12 +67,18 @@ export class PathFilter {
     const lists = takes.filter((t): t is string[] => t !== null);
     this.sets = lists.map((g) => new GlobSet(g));
     this.exclude = exclude.length > 0 ? picomatch(exclude, GLOB_OPTIONS) : null;
+    this.excludeSet = exclude.length > 0 ? new GlobSet(exclude) : null;
     this.unused = new Map(lists.flat().map((g) => [g, picomatch(g, GLOB_OPTIONS)]));
   }
 
   /** Excluded paths are left out and, for directories, not entered. */
   excluded(rel: string): boolean {
     return this.exclude !== null && this.exclude(rel);
+  }
+
+  /** Whether an exclusion may match something below directory rel (a cheap test on literal prefixes). */
+  mayExcludeBelow(rel: string): boolean {
+    return this.excludeSet !== null && this.excludeSet.mayContain(rel);
   }
 
   rootInherited(): boolean[] {
