@@ -14,7 +14,7 @@ import { getEngine } from './engines/registry.ts';
 import { JobQueue } from './jobs/queue.ts';
 import { WorkerPool } from './jobs/pool.ts';
 import { systemClock, type Clock } from './platform/clock.ts';
-import type { Logger, ServiceContext } from './services/context.ts';
+import type { Destination, Logger, ServiceContext } from './services/context.ts';
 import { ensureInitialAdminKey, loadTokenSecret, type CreatedKey } from './services/auth.ts';
 import { backupJobHandler } from './services/backups.ts';
 import { restoreJobHandler } from './services/restores.ts';
@@ -109,12 +109,36 @@ export async function openStorage(config: Config, options: { raw?: boolean } = {
   return wrap(withRetries(local));
 }
 
+/**
+ * The primary storage ("default") and any further destinations from the
+ * config, each behind the same retry and encryption wrappers.
+ */
+export async function openDestinations(config: Config): Promise<Destination[]> {
+  const names = new Set(['default']);
+  const out: Destination[] = [{ name: 'default', storage: await openStorage(config) }];
+  for (const d of config.destinations) {
+    if (names.has(d.name)) throw new Error(`destination names must be unique and not "default": ${d.name} is used twice`);
+    names.add(d.name);
+    const derived: Config = {
+      ...config,
+      storage: d.storage,
+      s3_endpoint: d.s3_endpoint ?? config.s3_endpoint,
+      s3_region: d.s3_region ?? config.s3_region,
+      s3_access_key: d.s3_access_key ?? config.s3_access_key,
+      s3_secret_key: d.s3_secret_key ?? config.s3_secret_key,
+    };
+    out.push({ name: d.name, storage: await openStorage(derived) });
+  }
+  return out;
+}
+
 export async function openContext(config: Config, clock: Clock, log: Logger): Promise<{ ctx: ServiceContext; db: CatalogDb }> {
   const db = await openCatalog(catalogPath(config));
-  const storage = await openStorage(config);
+  const destinations = await openDestinations(config);
+  const storage = destinations[0]!.storage;
   await rm(workPath(config), { recursive: true, force: true });
   const jobs = new JobQueue(db, clock, config.job_lease_seconds);
-  const ctx: ServiceContext = { db, config, storage, clock, engine: getEngine, jobs, log, tokenSecret: await loadTokenSecret(db), events: new ServiceEvents() };
+  const ctx: ServiceContext = { db, config, storage, destinations, clock, engine: getEngine, jobs, log, tokenSecret: await loadTokenSecret(db), events: new ServiceEvents() };
   return { ctx, db };
 }
 

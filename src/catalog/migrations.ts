@@ -159,6 +159,20 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003_backup_copies': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('backup_copies')
+        .addColumn('backup_id', 'text', (c) => c.notNull())
+        .addColumn('destination', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('status_info', 'text')
+        .addColumn('size', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('backup_copies_pk', ['backup_id', 'destination'])
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

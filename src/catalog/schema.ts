@@ -147,6 +147,16 @@ export interface NotificationChannelTable {
   updated_at: string;
 }
 
+/** One backup's copy in one destination. */
+export interface BackupCopyTable {
+  backup_id: string;
+  destination: string;
+  status: 'success' | 'error' | 'deleted';
+  status_info: string | null;
+  size: number;
+  updated_at: string;
+}
+
 export interface SettingTable {
   key: string;
   value: string;
@@ -163,4 +173,5 @@ export interface Database {
   settings: SettingTable;
   policies: PolicyTable;
   notification_channels: NotificationChannelTable;
+  backup_copies: BackupCopyTable;
 }

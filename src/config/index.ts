@@ -56,6 +56,25 @@ export const ConfigSchema = Type.Object(
     syncano_max_backups: Type.Integer({ minimum: 0 }),
     /** Cloud66 dialect: backups larger than this are listed as parts of this size */
     cloud66_part_bytes: Type.Integer({ minimum: 1024 }),
+    /**
+     * More places every backup is written to, besides `storage` (named
+     * "default"): one dump is streamed to all of them. Each has a name and a
+     * storage URL, and for S3 its own endpoint and keys (else the s3_* above).
+     */
+    destinations: Type.Array(
+      Type.Object(
+        {
+          name: Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' }),
+          storage: Type.String({ pattern: '^(file|s3)://' }),
+          s3_endpoint: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+          s3_region: Type.Optional(Type.String()),
+          s3_access_key: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+          s3_secret_key: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+        },
+        { additionalProperties: false },
+      ),
+      { maxItems: 8 },
+    ),
     log_level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
     /** public base URL used in links; defaults to http://host:port */
     public_url: Type.Union([Type.String(), Type.Null()]),
@@ -100,6 +119,7 @@ export const DEFAULTS: Config = {
   encryption_passphrase: null,
   syncano_max_backups: 25,
   cloud66_part_bytes: 250 * 1024 * 1024,
+  destinations: [],
   log_level: 'info',
   public_url: null,
   metrics_public: false,

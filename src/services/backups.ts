@@ -4,13 +4,15 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ServiceContext } from './context.ts';
-import { AppError } from '../errors/index.ts';
+import { AppError, publicMessage } from '../errors/index.ts';
 import type { BackupTable } from '../catalog/schema.ts';
 import type { Compression, Exclusion, Progress, ResourceType, Selection } from '../domain/types.ts';
 import { MANIFEST_FORMAT, artifactKey, compressionExtension, manifestKey, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { compressor, HashCounter } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
-import { deletePrefix } from '../storage/storage.ts';
+import { deletePrefix, type Storage } from '../storage/storage.ts';
+import { copiesForViews, deleteFromAll, fromAnyCopy, putToAll, recordCopies } from './copies.ts';
+import type { Destination } from './context.ts';
 import { workPath } from '../config/index.ts';
 import { backupView, type BackupView } from './views.ts';
 import { getInstanceRow, listResourceRows, resourceSpec } from './instances.ts';
@@ -111,7 +113,8 @@ export async function getBackupRow(ctx: ServiceContext, id: string): Promise<Bac
 }
 
 export async function getBackup(ctx: ServiceContext, id: string): Promise<BackupView> {
-  return backupView(await getBackupRow(ctx, id));
+  const row = await getBackupRow(ctx, id);
+  return backupView(row, (await copiesForViews(ctx, [row])).get(row.id));
 }
 
 export interface BackupFilter {
@@ -138,7 +141,8 @@ export async function listBackups(ctx: ServiceContext, f: BackupFilter): Promise
     .limit(f.perPage)
     .offset((f.page - 1) * f.perPage)
     .execute();
-  return { items: rows.map(backupView), total: Number(total.n) };
+  const copies = await copiesForViews(ctx, rows);
+  return { items: rows.map((r) => backupView(r, copies.get(r.id))), total: Number(total.n) };
 }
 
 const ACTIVE = ['scheduled', 'running', 'uploading'];
@@ -154,9 +158,7 @@ async function assertNotInUse(ctx: ServiceContext, row: BackupTable): Promise<vo
 export async function deleteBackup(ctx: ServiceContext, id: string): Promise<void> {
   const row = await getBackupRow(ctx, id);
   await assertNotInUse(ctx, row);
-  // The manifest goes first: without it the leftovers are an incomplete backup, never mistaken for a good one.
-  await ctx.storage.delete(manifestKey(id));
-  await deletePrefix(ctx.storage, `backups/${id}/`);
+  await deleteFromAll(ctx, id, manifestKey(id));
   await ctx.db.deleteFrom('backups').where('id', '=', id).execute();
 }
 
@@ -171,13 +173,29 @@ export async function cancelBackup(ctx: ServiceContext, id: string): Promise<Bac
   return getBackup(ctx, id);
 }
 
-/** The manifest as stored: the source of truth for a backup's files. */
-export async function readStoredManifest(ctx: ServiceContext, id: string): Promise<{ bytes: Buffer; manifest: Manifest }> {
-  const bytes = await readAll(await ctx.storage.get(manifestKey(id)), 16 * 1024 * 1024);
-  const manifest = JSON.parse(bytes.toString('utf8')) as Manifest;
+/** Reads and checks a backup's manifest from one storage. */
+export async function readManifestFrom(storage: Storage, id: string): Promise<{ bytes: Buffer; manifest: Manifest }> {
+  const bytes = await readAll(await storage.get(manifestKey(id)), 16 * 1024 * 1024);
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(bytes.toString('utf8')) as Manifest;
+  } catch {
+    throw new AppError('storage_failed', `The stored manifest of backup ${id} is not valid JSON: the stored copy is damaged.`);
+  }
   const problems = manifestProblems(manifest);
   if (problems.length > 0) throw new AppError('storage_failed', `The stored manifest of backup ${id} is damaged: ${problems[0]}`);
   return { bytes, manifest };
+}
+
+/**
+ * The manifest as stored (the source of truth for a backup's files), from the
+ * first good copy; with it the storage it came from, so the artifacts are
+ * read from the same copy.
+ */
+export async function readStoredManifest(ctx: ServiceContext, id: string): Promise<{ bytes: Buffer; manifest: Manifest; storage: Storage; destination: string }> {
+  const { value, destination } = await fromAnyCopy(ctx, id, (storage) => readManifestFrom(storage, id));
+  const storage = ctx.destinations.find((d) => d.name === destination)!.storage;
+  return { ...value, storage, destination };
 }
 
 async function successfulBackup(ctx: ServiceContext, id: string): Promise<BackupTable> {
@@ -219,12 +237,12 @@ export interface Download {
 /** The exchange archive of a backup: tar, manifest.json first, then the stored artifacts. */
 export async function openDownload(ctx: ServiceContext, id: string): Promise<Download> {
   const row = await successfulBackup(ctx, id);
-  const { bytes, manifest } = await readStoredManifest(ctx, id);
+  const { bytes, manifest, storage } = await readStoredManifest(ctx, id);
   const size = exchangeArchiveSize(bytes, manifest);
   return {
     filename: `backvault-${row.instance}-${id}.tar`,
     size,
-    stream: (range) => writeExchangeArchive(bytes, manifest, (r, artifactRange) => ctx.storage.get(artifactKey(id, r.name, r.artifact), artifactRange), range),
+    stream: (range) => writeExchangeArchive(bytes, manifest, (r, artifactRange) => storage.get(artifactKey(id, r.name, r.artifact), artifactRange), range),
   };
 }
 
@@ -254,19 +272,16 @@ async function setBackup(ctx: ServiceContext, id: string, set: Partial<BackupTab
   await ctx.db.updateTable('backups').set({ ...set, updated_at: ctx.clock.now().toISOString() }).where('id', '=', id).execute();
 }
 
-/** Pipes a dump through hashing and compression into storage; both sides must succeed. */
-export async function streamToStorage(ctx: ServiceContext, source: Readable, key: string, compression: Compression, signal: AbortSignal, onBytes: (n: number) => void) {
+/**
+ * Pipes a dump through hashing and compression into every live destination
+ * at once. Returns the destinations whose copy failed (the others go on);
+ * throws when the dump failed or every destination did.
+ */
+export async function streamToStorage(ctx: ServiceContext, destinations: Destination[], source: Readable, key: string, compression: Compression, signal: AbortSignal, onBytes: (n: number) => void) {
   const raw = new HashCounter(onBytes);
   const stored = new HashCounter();
-  const body = new PassThrough();
-  const piping = pipeline(source, raw, compressor(compression), stored, body, { signal });
-  const putting = ctx.storage.put(key, body, { signal });
-  // A failed put stops reading body; destroy it so the pipeline does not wait forever.
-  putting.catch((err: unknown) => body.destroy(err as Error));
-  const [p, u] = await Promise.allSettled([piping, putting]);
-  if (p.status === 'rejected') throw p.reason;
-  if (u.status === 'rejected') throw u.reason;
-  return { rawSize: raw.bytes, size: stored.bytes, sha256: stored.sha256 };
+  const failed = await putToAll(destinations, key, source, [raw, compressor(compression), stored], signal);
+  return { rawSize: raw.bytes, size: stored.bytes, sha256: stored.sha256, failed };
 }
 
 /** The error to report: an AppError from the engine explains more than a broken pipe does. */
@@ -298,6 +313,16 @@ export async function runBackup(ctx: ServiceContext, job: Job, signal: AbortSign
   const progress = new ProgressWriter((p) => setBackup(ctx, row.id, { progress: JSON.stringify(p) }));
   const entries: ManifestResource[] = [];
   let total = 0;
+  // Every destination gets the same stream; one that fails drops out and the backup goes on in the others.
+  let live = [...ctx.destinations];
+  const lost = new Map<string, string>();
+  const dropFailed = (failed: Map<string, unknown>) => {
+    for (const [name, err] of failed) {
+      lost.set(name, publicMessage(err));
+      ctx.log.warn({ backup: row.id, destination: name, code: (err as AppError).code }, 'a destination failed; the backup goes on in the others');
+    }
+    live = live.filter((d) => !failed.has(d.name));
+  };
   try {
     for (const [index, res] of chosen.entries()) {
       if (signal.aborted) throw signal.reason;
@@ -311,12 +336,13 @@ export async function runBackup(ctx: ServiceContext, job: Job, signal: AbortSign
       const artifact = `${out.artifactBase}${compressionExtension(compression)}`;
       let written;
       try {
-        written = await streamToStorage(ctx, out.stream, artifactKey(row.id, res.name, artifact), compression, signal, (n) =>
+        written = await streamToStorage(ctx, live, out.stream, artifactKey(row.id, res.name, artifact), compression, signal, (n) =>
           progress.update({ ...base, bytes_done: total + n }),
         );
       } catch (err) {
         throw await rootCause(err, out.info);
       }
+      dropFailed(written.failed);
       const info = await out.info;
       total += written.rawSize;
       entries.push({
@@ -354,10 +380,21 @@ export async function runBackup(ctx: ServiceContext, job: Job, signal: AbortSign
       resources: entries,
     };
     // The manifest is written last: its presence in storage marks a complete backup.
-    await ctx.storage.put(manifestKey(row.id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), { signal });
+    dropFailed(await putToAll(live, manifestKey(row.id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), [], signal));
     if (signal.aborted) throw signal.reason;
     const size = entries.reduce((s, e) => s + e.size, 0);
-    await setBackup(ctx, row.id, { status: 'success', status_info: null, size, resources: JSON.stringify(entries), progress: null, finished_at: finished });
+    // A destination that dropped out holds parts only: remove them, so nothing half-written is visible there.
+    for (const d of ctx.destinations.filter((x) => lost.has(x.name))) {
+      await deletePrefix(d.storage, `backups/${row.id}/`).catch((err: unknown) => ctx.log.error({ err, destination: d.name }, 'removing a failed copy failed'));
+    }
+    if (ctx.destinations.length > 1 || lost.size > 0) {
+      await recordCopies(ctx, row.id, [
+        ...live.map((d) => ({ destination: d.name, status: 'success' as const, status_info: null, size })),
+        ...[...lost].map(([name, why]) => ({ destination: name, status: 'error' as const, status_info: why, size: 0 })),
+      ]);
+    }
+    const info = lost.size > 0 ? `Stored in ${live.map((d) => d.name).join(', ')}; the copy in ${[...lost.keys()].join(', ')} failed: ${[...lost.values()][0]}` : null;
+    await setBackup(ctx, row.id, { status: 'success', status_info: info, size, resources: JSON.stringify(entries), progress: null, finished_at: finished });
     emitBackupFinished(ctx, row.id);
   } catch (err) {
     await progress.flush();
@@ -384,11 +421,13 @@ export function backupJobHandler(ctx: ServiceContext): JobHandler {
     async fail(job, info) {
       const row = await ctx.db.selectFrom('backups').select(['status']).where('id', '=', job.subject_id).executeTakeFirst();
       if (!row || row.status === 'success' || row.status === 'error') return;
-      // Nothing half-written stays visible: drop whatever the failed run stored.
-      try {
-        await deletePrefix(ctx.storage, `backups/${job.subject_id}/`);
-      } catch (err) {
-        ctx.log.error({ err, backup: job.subject_id }, 'removing the artifacts of a failed backup failed');
+      // Nothing half-written stays visible: drop whatever the failed run stored, in every destination.
+      for (const d of ctx.destinations) {
+        try {
+          await deletePrefix(d.storage, `backups/${job.subject_id}/`);
+        } catch (err) {
+          ctx.log.error({ err, backup: job.subject_id, destination: d.name }, 'removing the artifacts of a failed backup failed');
+        }
       }
       await setBackup(ctx, job.subject_id, { status: 'error', status_info: info, progress: null, finished_at: ctx.clock.now().toISOString() });
       emitBackupFinished(ctx, job.subject_id);

@@ -14,10 +14,19 @@ export interface Logger {
   error(obj: object | string, msg?: string): void;
 }
 
+/** One place backups are written to; the first destination is the primary. */
+export interface Destination {
+  name: string;
+  storage: Storage;
+}
+
 export interface ServiceContext {
   db: CatalogDb;
   config: Config;
+  /** the primary destination's storage (destinations[0].storage) */
   storage: Storage;
+  /** every destination a backup is written to, primary first; at least one */
+  destinations: Destination[];
   clock: Clock;
   engine(type: ResourceType): Engine;
   jobs: JobQueue;

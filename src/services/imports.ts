@@ -6,7 +6,8 @@
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ServiceContext } from './context.ts';
-import { AppError, isAppError } from '../errors/index.ts';
+import { AppError, isAppError, publicMessage } from '../errors/index.ts';
+import { deleteFromAll, putToAll, readableCopies, recordCopies } from './copies.ts';
 import type { BackupTable } from '../catalog/schema.ts';
 import { artifactKey, manifestKey, type Manifest } from '../domain/manifest.ts';
 import { ChecksumVerifier, decompressor } from '../platform/streams.ts';
@@ -62,16 +63,31 @@ function importRow(ctx: ServiceContext, instance: string, status: string): Backu
  * any problem, after removing what it stored.
  */
 async function ingest(ctx: ServiceContext, backupId: string, instance: string, input: Readable, signal?: AbortSignal, reader: ArchiveReader = readExchangeArchive): Promise<Manifest> {
+  // Like a backup, an import goes to every destination at once; one that fails drops out.
+  let live = [...ctx.destinations];
+  const lost = new Map<string, string>();
+  const dropFailed = (failed: Map<string, unknown>) => {
+    for (const [name, err] of failed) lost.set(name, publicMessage(err));
+    live = live.filter((d) => !failed.has(d.name));
+  };
   try {
     const source = await reader(input, {
       maxManifestBytes: MAX_MANIFEST_BYTES,
       maxTotalBytes: ctx.config.max_upload_bytes,
       onArtifact: async (r, data) => {
-        await ctx.storage.put(artifactKey(backupId, r.name, r.artifact), data, signal ? { signal } : {});
+        dropFailed(await putToAll(live, artifactKey(backupId, r.name, r.artifact), data, [], signal));
       },
     });
     const manifest: Manifest = { ...source, backup_id: backupId, instance };
-    await ctx.storage.put(manifestKey(backupId), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]));
+    dropFailed(await putToAll(live, manifestKey(backupId), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), [], signal));
+    for (const d of ctx.destinations.filter((x) => lost.has(x.name))) await deletePrefix(d.storage, `backups/${backupId}/`).catch(() => undefined);
+    if (ctx.destinations.length > 1 || lost.size > 0) {
+      const size = manifest.resources.reduce((s, r) => s + r.size, 0);
+      await recordCopies(ctx, backupId, [
+        ...live.map((d) => ({ destination: d.name, status: 'success' as const, status_info: null, size })),
+        ...[...lost].map(([name, why]) => ({ destination: name, status: 'error' as const, status_info: why, size: 0 })),
+      ]);
+    }
     const selection = manifest.resources.some((r) => r.selection !== null) ? Object.fromEntries(manifest.resources.map((r) => [r.name, r.selection])) : null;
     const exclude = manifest.resources.some((r) => r.exclude.length > 0) ? Object.fromEntries(manifest.resources.map((r) => [r.name, r.exclude])) : null;
     await setBackup(ctx, backupId, {
@@ -87,7 +103,7 @@ async function ingest(ctx: ServiceContext, backupId: string, instance: string, i
     return manifest;
   } catch (err) {
     input.destroy();
-    await deletePrefix(ctx.storage, `backups/${backupId}/`).catch(() => undefined);
+    await deleteFromAll(ctx, backupId, manifestKey(backupId)).catch(() => undefined);
     throw err;
   }
 }
@@ -115,7 +131,7 @@ export async function importUpload(
     try {
       assertComplete();
     } catch (err) {
-      await deletePrefix(ctx.storage, `backups/${row.id}/`).catch(() => undefined);
+      await deleteFromAll(ctx, row.id, manifestKey(row.id)).catch(() => undefined);
       throw err;
     }
   } catch (err) {
@@ -151,13 +167,30 @@ export async function importFromUrl(ctx: ServiceContext, instance: string, url: 
   return backupView(row);
 }
 
-/** Reads every stored artifact through checksum and decompression, proving it can be restored from. */
+/**
+ * Reads every stored artifact of every copy through checksum and
+ * decompression, proving each copy can be restored from. A bad copy is marked
+ * so; the import fails only when no copy is good.
+ */
 async function checkArtifacts(ctx: ServiceContext, manifest: Manifest, signal: AbortSignal): Promise<void> {
-  for (const r of manifest.resources) {
-    const label = `artifact resources/${r.name}/${r.artifact}`;
-    const sink = new Writable({ write: (_c, _e, cb) => cb() });
-    await pipeline(await ctx.storage.get(artifactKey(manifest.backup_id, r.name, r.artifact)), new ChecksumVerifier(r.sha256, r.size, label), decompressor(r.compression, label), sink, { signal });
+  const copies = await readableCopies(ctx, manifest.backup_id);
+  let good = 0;
+  let firstError: unknown;
+  for (const d of copies) {
+    try {
+      for (const r of manifest.resources) {
+        const label = `artifact resources/${r.name}/${r.artifact}`;
+        const sink = new Writable({ write: (_c, _e, cb) => cb() });
+        await pipeline(await d.storage.get(artifactKey(manifest.backup_id, r.name, r.artifact)), new ChecksumVerifier(r.sha256, r.size, label), decompressor(r.compression, label), sink, { signal });
+      }
+      good++;
+    } catch (err) {
+      if (signal.aborted || copies.length === 1) throw err;
+      firstError ??= err;
+      await recordCopies(ctx, manifest.backup_id, [{ destination: d.name, status: 'error', status_info: publicMessage(err), size: 0 }]);
+    }
   }
+  if (good === 0) throw firstError;
 }
 
 async function runImport(ctx: ServiceContext, job: Job, signal: AbortSignal): Promise<void> {
@@ -206,7 +239,7 @@ export function importJobHandler(ctx: ServiceContext): JobHandler {
     async fail(job, info, err) {
       const row = await ctx.db.selectFrom('backups').select(['status']).where('id', '=', job.subject_id).executeTakeFirst();
       if (!row || row.status === 'success' || row.status === 'error') return;
-      await deletePrefix(ctx.storage, `backups/${job.subject_id}/`).catch(() => undefined);
+      await deleteFromAll(ctx, job.subject_id, manifestKey(job.subject_id)).catch(() => undefined);
       const text = isAppError(err) ? err.message : info;
       await setBackup(ctx, job.subject_id, { status: 'error', status_info: text, finished_at: ctx.clock.now().toISOString() });
       emitBackupFinished(ctx, job.subject_id);

@@ -10,6 +10,8 @@ import type { Compression, Exclusion, Selection } from '../domain/types.ts';
 import { applyRetention, hasRules, type RetentionDecision, type RetentionRules } from '../domain/retention.ts';
 import { newId } from '../platform/ids.ts';
 import { createBackup, deleteBackup } from './backups.ts';
+import { copiesForViews, deleteCopy } from './copies.ts';
+import { manifestKey } from '../domain/manifest.ts';
 import { getInstanceRow, listResourceRows } from './instances.ts';
 import { requestVerify } from './verify.ts';
 import type { BackupView } from './views.ts';
@@ -25,7 +27,7 @@ export interface PolicyInput {
   compression?: Compression;
   run_on_replica?: boolean;
   verify?: boolean;
-  retention?: RetentionRules;
+  retention?: RetentionRules & { destinations?: Record<string, RetentionRules> };
   catch_up?: boolean;
 }
 
@@ -139,8 +141,17 @@ async function checkWhat(ctx: ServiceContext, instance: string, type: 'full' | '
   }
 }
 
+function checkRetention(ctx: ServiceContext, retention: PolicyRetention | undefined): void {
+  for (const name of Object.keys(retention?.destinations ?? {})) {
+    if (!ctx.destinations.some((d) => d.name === name)) {
+      throw new AppError('invalid_request', `retention names destination ${name}, but the server has ${ctx.destinations.map((d) => d.name).join(', ')}.`, { field: 'retention.destinations' });
+    }
+  }
+}
+
 export async function createPolicy(ctx: ServiceContext, instance: string, input: PolicyInput, id?: string): Promise<PolicyView> {
   await getInstanceRow(ctx, instance);
+  checkRetention(ctx, input.retention);
   const timezone = input.timezone ?? 'UTC';
   parseSchedule(input.schedule, timezone);
   const type = input.type ?? 'full';
@@ -198,6 +209,7 @@ export async function listPolicies(ctx: ServiceContext, filter: { instance?: str
 
 export async function updatePolicy(ctx: ServiceContext, id: string, patch: Partial<PolicyInput>): Promise<PolicyView> {
   const row = await getPolicyRow(ctx, id);
+  checkRetention(ctx, patch.retention);
   const schedule = patch.schedule ?? row.schedule;
   const timezone = patch.timezone ?? row.timezone;
   parseSchedule(schedule, timezone);
@@ -262,17 +274,44 @@ function minimumKeep(ctx: ServiceContext, rules: RetentionRules): RetentionRules
   return { ...rules, minimum: Math.max(rules.minimum ?? 1, ctx.config.retention_min_keep) };
 }
 
-export async function retentionPreview(ctx: ServiceContext, id: string): Promise<{ keep: RetentionDecision[]; delete: RetentionDecision[]; rules: RetentionRules }> {
+/** A policy's retention: rules for every destination, and optionally other rules per destination. */
+export type PolicyRetention = RetentionRules & { destinations?: Record<string, RetentionRules> };
+
+export interface RetentionPreview {
+  keep: RetentionDecision[];
+  delete: RetentionDecision[];
+  rules: RetentionRules;
+  /** per destination, when the policy has rules for some destinations of their own */
+  destinations?: Record<string, { keep: RetentionDecision[]; delete: RetentionDecision[]; rules: RetentionRules }>;
+}
+
+function destinationRules(retention: PolicyRetention): Record<string, RetentionRules> {
+  return retention.destinations ?? {};
+}
+
+export async function retentionPreview(ctx: ServiceContext, id: string): Promise<RetentionPreview> {
   const row = await getPolicyRow(ctx, id);
-  const rules = minimumKeep(ctx, JSON.parse(row.retention) as RetentionRules);
+  const retention = JSON.parse(row.retention) as PolicyRetention;
+  const { destinations: _omit, ...base } = retention;
+  const rules = minimumKeep(ctx, base);
   const backups = await successfulPolicyBackups(ctx, id);
-  const decisions = applyRetention(
-    backups.map((b) => ({ id: b.id, taken_at: b.created_at })),
-    rules,
-    ctx.clock.now(),
-    row.timezone,
-  );
-  return { keep: decisions.filter((d) => d.keep), delete: decisions.filter((d) => !d.keep), rules };
+  const now = ctx.clock.now();
+  const decide = (list: typeof backups, r: RetentionRules) => {
+    const ds = applyRetention(list.map((b) => ({ id: b.id, taken_at: b.created_at })), r, now, row.timezone);
+    return { keep: ds.filter((d) => d.keep), delete: ds.filter((d) => !d.keep), rules: r };
+  };
+  const preview: RetentionPreview = decide(backups, rules);
+  const own = destinationRules(retention);
+  if (Object.keys(own).length > 0 && ctx.destinations.length > 1) {
+    // Per destination: its own rules or the common ones, over the backups that have a good copy there.
+    const copies = await copiesForViews(ctx, backups.map((b) => ({ id: b.id, status: 'success', size: 0 })));
+    preview.destinations = {};
+    for (const d of ctx.destinations) {
+      const here = backups.filter((b) => copies.get(b.id)?.some((c) => c.destination === d.name && c.status === 'success'));
+      preview.destinations[d.name] = decide(here, minimumKeep(ctx, own[d.name] ?? base));
+    }
+  }
+  return preview;
 }
 
 /**
@@ -283,8 +322,10 @@ export async function retentionPreview(ctx: ServiceContext, id: string): Promise
  */
 export async function applyPolicyRetention(ctx: ServiceContext, id: string): Promise<string[]> {
   const row = await getPolicyRow(ctx, id);
-  if (!hasRules(JSON.parse(row.retention) as RetentionRules)) return [];
+  const retention = JSON.parse(row.retention) as PolicyRetention;
   const preview = await retentionPreview(ctx, id);
+  if (preview.destinations) return applyPerDestination(ctx, id, preview.destinations);
+  if (!hasRules(retention)) return [];
   const deleted: string[] = [];
   for (const d of preview.delete) {
     try {
@@ -295,6 +336,46 @@ export async function applyPolicyRetention(ctx: ServiceContext, id: string): Pro
     }
   }
   return deleted;
+}
+
+/**
+ * Retention with rules per destination: each destination drops the copies
+ * its rules do not keep; a backup whose last good copy is gone is deleted.
+ */
+async function applyPerDestination(ctx: ServiceContext, policyId: string, perDestination: NonNullable<RetentionPreview['destinations']>): Promise<string[]> {
+  const touched = new Set<string>();
+  for (const d of ctx.destinations) {
+    const plan = perDestination[d.name];
+    if (!plan || !hasRules(plan.rules)) continue;
+    for (const drop of plan.delete) {
+      try {
+        await assertCopyRemovable(ctx, drop.id);
+        await deleteCopy(ctx, drop.id, d, manifestKey(drop.id));
+        touched.add(drop.id);
+      } catch (err) {
+        ctx.log.warn({ err, backup: drop.id, destination: d.name, policy: policyId }, 'retention could not remove a copy; it will try again after the next success');
+      }
+    }
+  }
+  const deleted: string[] = [];
+  for (const id of touched) {
+    const left = await ctx.db.selectFrom('backup_copies').select('destination').where('backup_id', '=', id).where('status', '=', 'success').execute();
+    if (left.length > 0) continue;
+    try {
+      await deleteBackup(ctx, id);
+      deleted.push(id);
+    } catch (err) {
+      ctx.log.warn({ err, backup: id, policy: policyId }, 'retention could not delete a backup with no copy left');
+    }
+  }
+  return deleted;
+}
+
+/** A copy may go unless a job reads the backup right now. */
+async function assertCopyRemovable(ctx: ServiceContext, backupId: string): Promise<void> {
+  const busy = await ctx.db.selectFrom('restores').select('id').where('backup_id', '=', backupId).where('status', 'in', ['scheduled', 'running', 'uploading']).executeTakeFirst();
+  const row = await ctx.db.selectFrom('backups').select(['verify_status']).where('id', '=', backupId).executeTakeFirst();
+  if (busy || row?.verify_status === 'scheduled' || row?.verify_status === 'running') throw new AppError('backup_in_use');
 }
 
 /** After a backup of a policy ends: record success, apply retention, start a drill when asked. */

@@ -20,6 +20,8 @@ import { getBackupRow, ProgressWriter, readStoredManifest } from './backups.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/pool.ts';
 import type { Engine, RestoreReport } from '../engines/engine.ts';
+import type { Storage } from '../storage/storage.ts';
+import { fromAnyCopy } from './copies.ts';
 
 const TYPE_ORDER: Record<ResourceType, number> = { postgres: 0, mysql: 1, redis: 2, sqlite: 3, files: 4 };
 const ACTIVE = ['scheduled', 'running', 'uploading'];
@@ -108,7 +110,7 @@ export async function listRestores(ctx: ServiceContext, instance: string, page: 
  * artifact, before the engine commits anything.
  */
 export async function restoreArtifact(
-  ctx: ServiceContext,
+  storage: Storage,
   backupId: string,
   entry: ManifestResource,
   engine: Engine,
@@ -119,7 +121,7 @@ export async function restoreArtifact(
   onBytes?: (n: number) => void,
 ): Promise<RestoreReport> {
   const label = `artifact resources/${entry.name}/${entry.artifact}`;
-  const source = await ctx.storage.get(artifactKey(backupId, entry.name, entry.artifact));
+  const source = await storage.get(artifactKey(backupId, entry.name, entry.artifact));
   const input = new PassThrough();
   let seen = 0;
   const counter = new PassThrough();
@@ -226,9 +228,12 @@ export async function runRestore(ctx: ServiceContext, job: Job, signal: AbortSig
       const result: ResourceResult = { name: entry.name, type: entry.type, target: maskConnection(spec.connection), mode, ok: false, expected: entry.counts, actual: null, differences: [], warnings: [] };
       results.push(result);
       try {
-        const report = await restoreArtifact(ctx, row.backup_id, entry, engine, spec, mode, workDir, signal, (n) => progress.update({ ...base, bytes_done: n }));
+        // From the first copy that restores; a damaged or missing copy gives way to the next.
+        const { value: report, warnings: copyWarnings } = await fromAnyCopy(ctx, row.backup_id, (storage) =>
+          restoreArtifact(storage, row.backup_id, entry, engine, spec, mode, workDir, signal, (n) => progress.update({ ...base, bytes_done: n })),
+        );
         result.actual = report.counts;
-        result.warnings = report.warnings;
+        result.warnings = [...copyWarnings, ...report.warnings];
         result.differences = compareCounts(entry.counts, report.counts);
         result.ok = result.differences.length === 0;
       } catch (err) {

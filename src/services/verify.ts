@@ -9,6 +9,7 @@ import { workPath } from '../config/index.ts';
 import { getBackupRow, getBackup, readStoredManifest } from './backups.ts';
 import { listResourceRows, resourceSpec } from './instances.ts';
 import { restoreArtifact } from './restores.ts';
+import { fromAnyCopy } from './copies.ts';
 import { backupView, type BackupView } from './views.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/pool.ts';
@@ -42,7 +43,7 @@ export async function runVerify(ctx: ServiceContext, job: Job, signal: AbortSign
   const current = await listResourceRows(ctx, row.instance);
   const workDir = join(workPath(ctx.config), job.id);
   await mkdir(workDir, { recursive: true });
-  const results: { name: string; ok: boolean; differences: string[]; error?: string }[] = [];
+  const results: { name: string; ok: boolean; differences: string[]; error?: string; warnings?: string[] }[] = [];
   try {
     for (const entry of manifest.resources) {
       if (signal.aborted) throw signal.reason;
@@ -51,9 +52,11 @@ export async function runVerify(ctx: ServiceContext, job: Job, signal: AbortSign
       const base = existing ? resourceSpec(existing) : { name: entry.name, type: entry.type, connection: '', replica: null, options: {} };
       const scratch = await engine.scratchTarget(base, workDir);
       try {
-        const report = await restoreArtifact(ctx, row.id, { ...entry, selection: null, exclude: [] }, engine, { ...base, connection: scratch.connection }, 'new_target', workDir, signal);
+        const { value: report, warnings } = await fromAnyCopy(ctx, row.id, (storage) =>
+          restoreArtifact(storage, row.id, { ...entry, selection: null, exclude: [] }, engine, { ...base, connection: scratch.connection }, 'new_target', workDir, signal),
+        );
         const differences = compareCounts(entry.counts, report.counts);
-        results.push({ name: entry.name, ok: differences.length === 0, differences });
+        results.push({ name: entry.name, ok: differences.length === 0, differences, ...(warnings.length ? { warnings } : {}) });
       } catch (err) {
         if (signal.aborted) throw err;
         results.push({ name: entry.name, ok: false, differences: [], error: publicMessage(err) });

@@ -26,6 +26,8 @@ export interface BackupView {
   verify_result: unknown;
   resources: ManifestResource[];
   progress: Progress | null;
+  /** where the backup is stored: one entry per destination, with the status of that copy */
+  copies: { destination: string; status: string; status_info: string | null; size: number }[];
   links: { self: string; download: string };
 }
 
@@ -33,7 +35,7 @@ function parse<T>(text: string | null): T | null {
   return text === null ? null : (JSON.parse(text) as T);
 }
 
-export function backupView(row: BackupTable): BackupView {
+export function backupView(row: BackupTable, copies: BackupView['copies'] = []): BackupView {
   const running = row.status === 'running' || row.status === 'uploading' || row.status === 'scheduled';
   return {
     id: row.id,
@@ -57,6 +59,7 @@ export function backupView(row: BackupTable): BackupView {
     verify_result: parse(row.verify_result),
     resources: parse<ManifestResource[]>(row.resources) ?? [],
     progress: running ? parse<Progress>(row.progress) : null,
+    copies,
     links: { self: `/api/v1/backups/${row.id}`, download: `/api/v1/backups/${row.id}/download` },
   };
 }

@@ -11,17 +11,26 @@ const Name = Type.String({ pattern: NAME_PATTERN });
 const ObjectList = Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { maxItems: 10000 });
 const Count = Type.Union([Type.Integer({ minimum: 0, maximum: 100000 }), Type.Null()]);
 
+const RuleFields = {
+  keep_count: Type.Optional(Count),
+  retention_days: Type.Optional(Count),
+  keep_last: Type.Optional(Count),
+  keep_hourly: Type.Optional(Count),
+  keep_daily: Type.Optional(Count),
+  keep_weekly: Type.Optional(Count),
+  keep_monthly: Type.Optional(Count),
+  keep_yearly: Type.Optional(Count),
+  minimum: Type.Optional(Count),
+};
+
 export const RetentionSchema = Type.Object(
   {
-    keep_count: Type.Optional(Count),
-    retention_days: Type.Optional(Count),
-    keep_last: Type.Optional(Count),
-    keep_hourly: Type.Optional(Count),
-    keep_daily: Type.Optional(Count),
-    keep_weekly: Type.Optional(Count),
-    keep_monthly: Type.Optional(Count),
-    keep_yearly: Type.Optional(Count),
-    minimum: Type.Optional(Count),
+    ...RuleFields,
+    destinations: Type.Optional(
+      Type.Record(Type.String({ pattern: NAME_PATTERN }), Type.Object(RuleFields, { additionalProperties: false }), {
+        description: 'rules of their own for some destinations (by name); the others follow the rules above',
+      }),
+    ),
   },
   { additionalProperties: false, description: 'restic-style rules; a backup is kept when any rule keeps it; the newest is always kept' },
 );

@@ -1,6 +1,7 @@
 // PocketBase's backups API (see docs/dialects/pocketbase.md) on the core
 // services: superuser auth, file tokens, and list / create / upload /
 // download / delete / restore of backups named by key.
+import { readableCopies } from '../../../services/copies.ts';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -192,7 +193,8 @@ export async function pocketbaseRoutes(app: FastifyInstance, ctx: ServiceContext
     const items: { key: string; modified: string; size: number }[] = [];
     for (const [key, b] of byKey) {
       if (b.status !== 'success') continue; // PocketBase lists files, and only a finished backup is one
-      const stored = await ctx.storage.stat(manifestKey(b.id));
+      const copy = (await readableCopies(ctx, b.id))[0];
+      const stored = copy ? await copy.storage.stat(manifestKey(b.id)) : null;
       if (!stored) continue; // the manifest marks a complete backup; without it there is nothing to download
       items.push({ key, modified: pbDate(b.finished_at ?? b.updated_at), size: exchangeZipSize(stored.size, { finished_at: b.finished_at ?? '', resources: b.resources }) });
     }
@@ -309,14 +311,14 @@ export async function pocketbaseRoutes(app: FastifyInstance, ctx: ServiceContext
       }
     }
     const backup = await findBackup(ctx, instance, key, true);
-    const { bytes, manifest } = await backups.readStoredManifest(ctx, backup.id);
+    const { bytes, manifest, storage } = await backups.readStoredManifest(ctx, backup.id);
     reply.header('Content-Type', 'application/zip');
     reply.header('Content-Disposition', `attachment; filename="${key}"`);
     reply.header('Content-Length', exchangeZipSize(bytes.length, manifest));
     reply.header('Cache-Control', 'no-store');
     // Fastify answers HEAD with the GET handler and keeps Content-Length only for a stream payload: send an empty one.
     if (req.method === 'HEAD') return reply.send(Readable.from([]));
-    return reply.send(writeExchangeZip(bytes, manifest, (r, range) => ctx.storage.get(artifactKey(backup.id, r.name, r.artifact), range)));
+    return reply.send(writeExchangeZip(bytes, manifest, (r, range) => storage.get(artifactKey(backup.id, r.name, r.artifact), range)));
   });
 
   app.delete('/api/backups/:key', cfg('admin'), async (req, reply) => {

@@ -1,0 +1,142 @@
+// Several destinations: one dump goes to every storage at once, each copy has
+// a status, reads fall back to a good copy, retention can differ per
+// destination, and a destination that fails does not fail the backup.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, readFile, writeFile, readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { startTestServer, tempDir, waitFor } from './helpers.ts';
+
+function makeDb(path: string, rows: number): void {
+  const db = new Database(path);
+  db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
+  const insert = db.prepare('INSERT INTO t (v) VALUES (?)');
+  for (let i = 0; i < rows; i++) insert.run(`value ${i}`);
+  db.close();
+}
+
+function rowCount(path: string): number {
+  const db = new Database(path, { readonly: true });
+  const n = (db.prepare('SELECT count(*) AS n FROM t').get() as { n: number }).n;
+  db.close();
+  return n;
+}
+
+test('two destinations: both get every backup; a damaged copy gives way to the other; delete removes both', async (t) => {
+  const work = await tempDir();
+  const second = join(work.path, 'offsite');
+  const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
+  t.after(async () => {
+    await server.close();
+    await work.cleanup();
+  });
+  const dbPath = join(work.path, 'app.db');
+  makeDb(dbPath, 120);
+  await server.api('POST', '/api/v1/instances', { name: 'app' });
+  await server.api('POST', '/api/v1/instances/app/resources', { name: 'db', type: 'sqlite', connection: dbPath });
+  const b = await waitFor(server.api, `/api/v1/backups/${(await server.api('POST', '/api/v1/instances/app/backups', { type: 'full' })).body.id}`);
+  assert.equal(b.status, 'success', b.status_info);
+  assert.deepEqual(
+    b.copies.map((c: any) => [c.destination, c.status]),
+    [
+      ['default', 'success'],
+      ['offsite', 'success'],
+    ],
+  );
+  const primaryArtifact = join(server.dir, 'storage', 'backups', b.id, 'resources', 'db', 'database.sqlite.zst');
+  const offsiteArtifact = join(second, 'backups', b.id, 'resources', 'db', 'database.sqlite.zst');
+  assert.deepEqual(await readFile(primaryArtifact), await readFile(offsiteArtifact), 'one dump, the same bytes in both');
+
+  // The primary copy is damaged: the restore uses the offsite copy, says so, and marks the bad one.
+  const bytes = await readFile(primaryArtifact);
+  bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+  await writeFile(primaryArtifact, bytes);
+  const target = join(work.path, 'restored.db');
+  const r = await server.api('POST', '/api/v1/instances/app/restores', { backup: b.id, targets: { db: { connection: target } } });
+  const done = await waitFor(server.api, `/api/v1/restores/${r.body.id}`);
+  assert.equal(done.status, 'success', done.status_info);
+  assert.equal(rowCount(target), 120);
+  assert.match(done.result.resources[0].warnings.join(' '), /default could not be used/);
+  const after = (await server.api('GET', `/api/v1/backups/${b.id}`)).body;
+  assert.deepEqual(
+    after.copies.map((c: any) => [c.destination, c.status]),
+    [
+      ['default', 'error'],
+      ['offsite', 'success'],
+    ],
+  );
+  // Downloads and drills use the good copy.
+  const link = await server.api('POST', `/api/v1/backups/${b.id}/download-link`, {});
+  assert.equal((await fetch(link.body.url)).status, 200);
+  await server.api('POST', `/api/v1/backups/${b.id}/verify`);
+  assert.equal((await waitFor(server.api, `/api/v1/backups/${b.id}`, 'verify_status')).verify_status, 'success');
+
+  assert.equal((await server.api('DELETE', `/api/v1/backups/${b.id}`)).status, 204);
+  assert.deepEqual(await readdir(join(second, 'backups')).catch(() => []), []);
+  assert.deepEqual(await readdir(join(server.dir, 'storage', 'backups')).catch(() => []), []);
+});
+
+test('a destination that fails drops out; the backup succeeds in the other and says which copy failed', async (t) => {
+  const work = await tempDir();
+  const second = join(work.path, 'flaky');
+  const server = await startTestServer({ destinations: [{ name: 'flaky', storage: `file://${second}` }] });
+  t.after(async () => {
+    await server.close();
+    await work.cleanup();
+  });
+  // The destination's directory is replaced by a file: every write there fails.
+  await rm(second, { recursive: true, force: true });
+  await writeFile(second, 'not a directory');
+  const src = join(work.path, 'site');
+  await mkdir(src);
+  await writeFile(join(src, 'index.html'), 'hello');
+  await server.api('POST', '/api/v1/instances', { name: 'site' });
+  await server.api('POST', '/api/v1/instances/site/resources', { name: 'www', type: 'files', connection: src });
+  const b = await waitFor(server.api, `/api/v1/backups/${(await server.api('POST', '/api/v1/instances/site/backups', { type: 'full' })).body.id}`);
+  assert.equal(b.status, 'success');
+  assert.match(b.status_info, /copy in flaky failed/);
+  const copies = Object.fromEntries(b.copies.map((c: any) => [c.destination, c.status]));
+  assert.deepEqual(copies, { default: 'success', flaky: 'error' });
+  assert.ok((await stat(second)).isFile(), 'nothing was written there');
+});
+
+test('retention per destination: the offsite copy is kept longer than the local one', async (t) => {
+  const work = await tempDir();
+  const second = join(work.path, 'archive');
+  const server = await startTestServer({ destinations: [{ name: 'archive', storage: `file://${second}` }], scheduler_tick_seconds: 3600 });
+  t.after(async () => {
+    await server.close();
+    await work.cleanup();
+  });
+  const src = join(work.path, 'data');
+  await mkdir(src);
+  await writeFile(join(src, 'a.txt'), 'a');
+  await server.api('POST', '/api/v1/instances', { name: 'ret' });
+  await server.api('POST', '/api/v1/instances/ret/resources', { name: 'www', type: 'files', connection: src });
+  const bad = await server.api('POST', '/api/v1/instances/ret/policies', { name: 'p', schedule: '0 0 1 1 *', retention: { keep_last: 1, destinations: { nowhere: { keep_last: 1 } } } });
+  assert.equal(bad.status, 400);
+  const p = (await server.api('POST', '/api/v1/instances/ret/policies', { name: 'p', schedule: '0 0 1 1 *', retention: { keep_last: 1, destinations: { archive: { keep_last: 3 } } } })).body;
+  const ids: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const b = await server.api('POST', `/api/v1/policies/${p.id}/run`);
+    await waitFor(server.api, `/api/v1/backups/${b.body.id}`);
+    await server.server.scheduler.settle();
+    ids.push(b.body.id);
+  }
+  const listed = (await server.api('GET', `/api/v1/backups?policy=${p.id}`)).body.items;
+  const where = Object.fromEntries(listed.map((b: any) => [b.id, b.copies.filter((c: any) => c.status === 'success').map((c: any) => c.destination)]));
+  assert.deepEqual(where[ids[3]!], ['default', 'archive'], 'the newest is in both');
+  assert.deepEqual(where[ids[2]!], ['archive']);
+  assert.deepEqual(where[ids[1]!], ['archive']);
+  assert.equal(where[ids[0]!], undefined, 'the oldest is gone from both, so the backup is gone');
+  assert.deepEqual((await readdir(join(server.dir, 'storage', 'backups'))).sort(), [ids[3]]);
+  assert.deepEqual((await readdir(join(second, 'backups'))).sort(), [ids[1], ids[2], ids[3]].sort());
+  const preview = (await server.api('GET', `/api/v1/policies/${p.id}/retention-preview`)).body;
+  assert.deepEqual(Object.keys(preview.destinations).sort(), ['archive', 'default']);
+  // A backup only offsite still restores.
+  const target = join(work.path, 'back');
+  const r = await server.api('POST', '/api/v1/instances/ret/restores', { backup: ids[1], targets: { www: { connection: target } } });
+  assert.equal((await waitFor(server.api, `/api/v1/restores/${r.body.id}`)).status, 'success');
+  assert.equal(await readFile(join(target, 'a.txt'), 'utf8'), 'a');
+});
