@@ -132,6 +132,15 @@ test('retention per destination: the offsite copy is kept longer than the local 
   assert.equal(where[ids[0]!], undefined, 'the oldest is gone from both, so the backup is gone');
   assert.deepEqual((await readdir(join(server.dir, 'storage', 'backups'))).sort(), [ids[3]]);
   assert.deepEqual((await readdir(join(second, 'backups'))).sort(), [ids[1], ids[2], ids[3]].sort());
+  const usage = (await server.api('GET', '/api/v1/storage/usage?instance=ret')).body.items;
+  assert.deepEqual(
+    usage.map((u: any) => [u.destination, u.backups]),
+    [
+      ['default', 1],
+      ['archive', 3],
+    ],
+    'usage per instance and destination',
+  );
   const preview = (await server.api('GET', `/api/v1/policies/${p.id}/retention-preview`)).body;
   assert.deepEqual(Object.keys(preview.destinations).sort(), ['archive', 'default']);
   // A backup only offsite still restores.

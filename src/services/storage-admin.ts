@@ -638,45 +638,61 @@ export interface UsageReport {
   measured_at: string;
 }
 
-export async function storageUsage(ctx: AdminDeps, filter: { instance?: string } = {}): Promise<UsageReport> {
+export async function storageUsage(ctx: AdminDeps & { destinations?: ServiceContext['destinations'] }, filter: { instance?: string } = {}): Promise<UsageReport> {
   if (filter.instance !== undefined) {
     const known = await ctx.db.selectFrom('instances').select('name').where('name', '=', filter.instance).executeTakeFirst();
     if (!known) throw new AppError('instance_not_found', `No instance is named ${filter.instance}.`);
   }
-  const scan = await scanStorage(ctx.storage);
+  const destinations = ctx.destinations ?? [{ name: DEFAULT_DESTINATION, storage: ctx.storage }];
   const rows = await ctx.db.selectFrom('backups').select(['id', 'instance', 'status', 'size']).execute();
+  const copies = await ctx.db.selectFrom('backup_copies').selectAll().execute();
+  const copyOf = new Map(copies.map((c) => [`${c.backup_id}/${c.destination}`, c]));
+  const recorded = new Set(copies.map((c) => c.backup_id));
   const instances = (await ctx.db.selectFrom('instances').select('name').execute()).map((r) => r.name);
   const items = new Map<string, UsageItem>();
-  const item = (instance: string): UsageItem => {
-    let it = items.get(instance);
-    if (!it) {
-      it = { instance, destination: DEFAULT_DESTINATION, backups: 0, bytes: 0, stored_objects: 0, stored_bytes: 0 };
-      items.set(instance, it);
+  const unattributed: UsageReport['unattributed'] = [];
+  for (const [index, d] of destinations.entries()) {
+    const item = (instance: string): UsageItem => {
+      const k = `${instance}/${d.name}`;
+      let it = items.get(k);
+      if (!it) {
+        it = { instance, destination: d.name, backups: 0, bytes: 0, stored_objects: 0, stored_bytes: 0 };
+        items.set(k, it);
+      }
+      return it;
+    };
+    for (const name of instances) item(name);
+    const owner = new Map<string, string>();
+    for (const r of rows) {
+      owner.set(r.id, r.instance);
+      if (r.status !== 'success') continue;
+      // A backup counts where it has a good copy; one without copy records lives in the primary.
+      const copy = copyOf.get(`${r.id}/${d.name}`);
+      const here = copy ? copy.status === 'success' : !recorded.has(r.id) && index === 0;
+      if (!here) continue;
+      const it = item(r.instance);
+      it.backups++;
+      it.bytes += Number(r.size);
     }
-    return it;
-  };
-  for (const name of instances) item(name);
-  const owner = new Map<string, string>();
-  for (const r of rows) {
-    owner.set(r.id, r.instance);
-    if (r.status !== 'success') continue;
-    const it = item(r.instance);
-    it.backups++;
-    it.bytes += Number(r.size);
-  }
-  let looseObjects = scan.loose.length;
-  let looseBytes = sum(scan.loose);
-  for (const dir of scan.dirs.values()) {
-    const instance = owner.get(dir.id);
-    if (instance === undefined) {
-      looseObjects += dir.objects.length;
-      looseBytes += sum(dir.objects);
-      continue;
+    const scan = await scanStorage(d.storage);
+    let looseObjects = scan.loose.length;
+    let looseBytes = sum(scan.loose);
+    for (const dir of scan.dirs.values()) {
+      const instance = owner.get(dir.id);
+      if (instance === undefined) {
+        looseObjects += dir.objects.length;
+        looseBytes += sum(dir.objects);
+        continue;
+      }
+      const it = item(instance);
+      it.stored_objects += dir.objects.length;
+      it.stored_bytes += sum(dir.objects);
     }
-    const it = item(instance);
-    it.stored_objects += dir.objects.length;
-    it.stored_bytes += sum(dir.objects);
+    unattributed.push({ destination: d.name, objects: looseObjects, bytes: looseBytes });
   }
-  const list = [...items.values()].filter((i) => filter.instance === undefined || i.instance === filter.instance).sort((a, b) => (a.instance < b.instance ? -1 : 1));
-  return { items: list, unattributed: [{ destination: DEFAULT_DESTINATION, objects: looseObjects, bytes: looseBytes }], measured_at: ctx.clock.now().toISOString() };
+  const order = new Map(destinations.map((d, i) => [d.name, i]));
+  const list = [...items.values()]
+    .filter((i) => filter.instance === undefined || i.instance === filter.instance)
+    .sort((a, b) => (a.instance < b.instance ? -1 : a.instance > b.instance ? 1 : (order.get(a.destination) ?? 0) - (order.get(b.destination) ?? 0)));
+  return { items: list, unattributed, measured_at: ctx.clock.now().toISOString() };
 }
