@@ -113,9 +113,9 @@ export async function openStorage(config: Config, options: { raw?: boolean } = {
  * The primary storage ("default") and any further destinations from the
  * config, each behind the same retry and encryption wrappers.
  */
-export async function openDestinations(config: Config): Promise<Destination[]> {
+export async function openDestinations(config: Config, options: { raw?: boolean } = {}): Promise<Destination[]> {
   const names = new Set(['default']);
-  const out: Destination[] = [{ name: 'default', storage: await openStorage(config) }];
+  const out: Destination[] = [{ name: 'default', storage: await openStorage(config, options) }];
   for (const d of config.destinations) {
     if (names.has(d.name)) throw new Error(`destination names must be unique and not "default": ${d.name} is used twice`);
     names.add(d.name);
@@ -127,7 +127,7 @@ export async function openDestinations(config: Config): Promise<Destination[]> {
       s3_access_key: d.s3_access_key ?? config.s3_access_key,
       s3_secret_key: d.s3_secret_key ?? config.s3_secret_key,
     };
-    out.push({ name: d.name, storage: await openStorage(derived) });
+    out.push({ name: d.name, storage: await openStorage(derived, options) });
   }
   return out;
 }

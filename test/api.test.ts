@@ -370,6 +370,39 @@ describe('API end to end', () => {
     assert.deepEqual(dumpDb(dbPath), before);
   });
 
+  test('an export encrypted with a passphrase decrypts to the exchange archive', async () => {
+    const dbPath = join(work.path, 'export.db');
+    makeDb(dbPath, 10);
+    await t.api('POST', '/api/v1/instances', { name: 'exp' });
+    await t.api('POST', '/api/v1/instances/exp/resources', { name: 'db', type: 'sqlite', connection: dbPath });
+    const b = await waitFor(t.api, `/api/v1/backups/${(await t.api('POST', '/api/v1/instances/exp/backups', { type: 'full' })).body.id}`);
+    const plain = await download(t, b.id);
+    const short = await t.api('POST', `/api/v1/backups/${b.id}/export`, { passphrase: 'short' });
+    assert.equal(short.status, 400);
+    const res = await fetch(`${t.url}/api/v1/backups/${b.id}/export`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t.adminKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ passphrase: 'correct horse battery staple' }),
+    });
+    assert.equal(res.status, 200);
+    const sealed = Buffer.from(await res.arrayBuffer());
+    assert.equal(Number(res.headers.get('content-length')), sealed.length);
+    assert.equal(sealed.includes(Buffer.from('manifest.json')), false, 'nothing readable inside');
+    const { decryptExport } = await import('../src/storage/encrypted.ts');
+    const { Readable } = await import('node:stream');
+    const opened = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      decryptExport(Readable.from([sealed]), 'correct horse battery staple')
+        .on('data', (c: Buffer) => chunks.push(c))
+        .on('end', () => resolve(Buffer.concat(chunks)))
+        .on('error', reject);
+    });
+    assert.deepEqual(opened, plain);
+    await assert.rejects(
+      new Promise((resolve, reject) => decryptExport(Readable.from([sealed]), 'wrong passphrase here').on('data', () => undefined).on('end', resolve).on('error', reject)),
+    );
+  });
+
   test('bad uploads are refused with a clear code and leave nothing behind', async () => {
     await t.api('POST', '/api/v1/instances', { name: 'imp' });
     const dbPath = join(work.path, 'imp.db');

@@ -201,7 +201,7 @@ test('encrypted local storage: ciphertext at rest, plain downloads, restore, tam
     const before = await storedHashes(storage);
     const lines: string[] = [];
     assert.equal(await keyRotate({ dir, newKeyFile: key2 }, (l) => lines.push(l), {}, null), 0);
-    assert.match(lines.join('\n'), /Re-wrapped 2 data keys: master key [0-9a-f]+ -> [0-9a-f]+\. No backup object was rewritten\./);
+    assert.match(lines.join('\n'), /default: re-wrapped 2 data keys: master key [0-9a-f]+ -> [0-9a-f]+\. No backup object was rewritten\./);
     const afterRotation = await storedHashes(storage);
     assert.deepEqual([...afterRotation.keys()].sort(), [...before.keys()].sort());
     for (const [path, hash] of before) {

@@ -128,7 +128,7 @@ export async function keyRotate(o: RotateOptions, out: Out = stdout, env: Env = 
   const cfg = await loadCfg(o);
   const { keySourceOf } = await import('../platform/keys.ts');
   const { rotateMasterKey } = await import('../storage/encrypted.ts');
-  const { lockDataDir, openStorage } = await import('../main.ts');
+  const { lockDataDir, openDestinations } = await import('../main.ts');
   const { resolve } = await import('node:path');
   const current = keySourceOf(cfg);
   if (!current) throw new CliError('encryption is not enabled for this data directory: configure the current key first', EXIT.failed);
@@ -138,9 +138,11 @@ export async function keyRotate(o: RotateOptions, out: Out = stdout, env: Env = 
   // The server caches data keys and wraps new ones with the old master key, so it must be stopped.
   const unlock = await lockDataDir(cfg.dir);
   try {
-    const storage = await openStorage(cfg, { raw: true });
-    const r = await rotateMasterKey(storage, current, next);
-    out(`Re-wrapped ${r.rewrapped} data keys${r.alreadyDone ? ` (${r.alreadyDone} more were done by an interrupted run)` : ''}: master key ${r.from} -> ${r.to}. No backup object was rewritten.`);
+    // Every destination holds data keys wrapped by the same master key: all of them are re-wrapped.
+    for (const d of await openDestinations(cfg, { raw: true })) {
+      const r = await rotateMasterKey(d.storage, current, next);
+      out(`${d.name}: re-wrapped ${r.rewrapped} data keys${r.alreadyDone ? ` (${r.alreadyDone} more were done by an interrupted run)` : ''}: master key ${r.from} -> ${r.to}. No backup object was rewritten.`);
+    }
     out(
       next.kind === 'key_file'
         ? `Now set encryption_key_file to ${next.path} (and remove any passphrase) before starting the server; the old key no longer opens this storage.`

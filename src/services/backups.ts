@@ -19,6 +19,7 @@ import { getInstanceRow, listResourceRows, resourceSpec } from './instances.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/pool.ts';
 import { exchangeArchiveSize, writeExchangeArchive } from '../archive/writer.ts';
+import { encryptExport, encryptedExportSize } from '../storage/encrypted.ts';
 import { readAll } from '../platform/read-all.ts';
 
 export const BACKVAULT_VERSION = '0.1.0';
@@ -244,6 +245,16 @@ export async function openDownload(ctx: ServiceContext, id: string): Promise<Dow
     size,
     stream: (range) => writeExchangeArchive(bytes, manifest, (r, artifactRange) => storage.get(artifactKey(id, r.name, r.artifact), artifactRange), range),
   };
+}
+
+/**
+ * The exchange archive encrypted with a passphrase (AES-256-GCM, key from
+ * scrypt), for archives that leave the user's hands; `backvault archive
+ * decrypt` turns it back into the plain tar. No ranges: it is made on the fly.
+ */
+export async function openEncryptedExport(ctx: ServiceContext, id: string, passphrase: string): Promise<{ filename: string; size: number; stream: Readable }> {
+  const download = await openDownload(ctx, id);
+  return { filename: `${download.filename}.bvx`, size: encryptedExportSize(download.size), stream: encryptExport(download.stream(), passphrase) };
 }
 
 /** Writes progress at most once a second, so a fast stream does not hammer the catalog. */

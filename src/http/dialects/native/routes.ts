@@ -268,6 +268,28 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
     },
   );
 
+  r.post(
+    '/backups/:id/export',
+    {
+      config: { auth: 'read' },
+      schema: {
+        tags: ['backups'],
+        summary: 'The exchange archive encrypted with a passphrase, for archives that leave your hands (decrypt with `backvault archive decrypt`)',
+        params: BackupParams,
+        body: Type.Object({ passphrase: Type.String({ minLength: 12, maxLength: 1024 }) }, { additionalProperties: false }),
+      },
+    },
+    async (req, reply) => {
+      // The passphrase comes in the body, never the URL, so it stays out of logs.
+      const exported = await backups.openEncryptedExport(ctx, req.params.id, req.body.passphrase);
+      reply.header('Content-Type', 'application/octet-stream');
+      reply.header('Content-Disposition', `attachment; filename="${exported.filename}"`);
+      reply.header('Content-Length', exported.size);
+      reply.header('Cache-Control', 'no-store');
+      return reply.send(exported.stream);
+    },
+  );
+
   // Imports
   r.post(
     '/instances/:instance/backups/import',
