@@ -6,7 +6,6 @@ import type { FastifyInstance } from 'fastify';
 import { catalogPath, storagePath, workPath, type Config } from './config/index.ts';
 import { openCatalog, type CatalogDb } from './catalog/db.ts';
 import { LocalStorage } from './storage/local.ts';
-import { S3Storage } from './storage/s3.ts';
 import { withRetries } from './storage/retry.ts';
 import { withEncryption } from './storage/encrypted.ts';
 import type { Storage } from './storage/storage.ts';
@@ -101,6 +100,8 @@ export async function openStorage(config: Config, options: { raw?: boolean } = {
       S3_REGION: config.s3_region,
       ...(config.s3_endpoint ? { S3_ENDPOINT: config.s3_endpoint } : {}),
     };
+    // Loaded only when used: the AWS SDK costs tens of MB of memory a local-only server does not need.
+    const { S3Storage } = await import('./storage/s3.ts');
     return wrap(withRetries(S3Storage.fromUrl(config.storage, env)));
   }
   const local = new LocalStorage(storagePath(config));

@@ -1,0 +1,173 @@
+// A Backvault server for the bench: started from bin/backvault.js on a fresh
+// data directory, driven through its native API as a user would, and watched
+// through /proc (resident memory, CPU time).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { readFile, mkdir } from 'node:fs/promises';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(import.meta.dirname, '..', '..');
+
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as { port: number }).port;
+  s.close();
+  await once(s, 'close');
+  return port;
+}
+
+/** Servers still running when the bench exits (it failed) are stopped with it. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of running) c.kill('SIGKILL');
+});
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly body: string,
+  ) {
+    super(`HTTP ${status}: ${body.slice(0, 500)}`);
+  }
+}
+
+export class Backvault {
+  child!: ChildProcess;
+  key = '';
+  url = '';
+  pid = 0;
+
+  constructor(
+    readonly dir: string,
+    private readonly options: { cpuProfDir?: string; env?: Record<string, string> } = {},
+  ) {}
+
+  async start(): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const port = await freePort();
+    this.url = `http://127.0.0.1:${port}`;
+    const nodeArgs = this.options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${this.options.cpuProfDir}`] : [];
+    this.child = spawn(process.execPath, [...nodeArgs, join(ROOT, 'bin', 'backvault.js'), 'serve', '--dir', this.dir, '--http', `127.0.0.1:${port}`], {
+      cwd: ROOT,
+      // The default rate limit (1,200 requests a minute per key) would turn a
+      // load test into a test of the rate limiter: raised for the bench only.
+      env: { ...process.env, BACKVAULT_RATE_LIMIT_PER_MINUTE: '100000000', ...this.options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.pid = this.child.pid!;
+    running.add(this.child);
+    this.child.once('exit', () => running.delete(this.child));
+    const log = createWriteStream(join(this.dir, 'server.log'));
+    let text = '';
+    let found = false;
+    const keyPromise = new Promise<string>((resolveKey, reject) => {
+      this.child.stdout!.on('data', (c: Buffer) => {
+        log.write(c);
+        if (found) return;
+        text += c.toString('utf8');
+        const m = /Initial admin API key[^\n]*\n(\S+)\n/.exec(text);
+        if (m) {
+          found = true;
+          resolveKey(m[1]!);
+        }
+      });
+      this.child.stderr!.on('data', (c: Buffer) => log.write(c));
+      this.child.once('exit', (code) => reject(new Error(`backvault exited early (${code}); see ${join(this.dir, 'server.log')}`)));
+      setTimeout(() => reject(new Error('backvault did not print its key within 60 s')), 60000).unref();
+    });
+    this.key = await keyPromise;
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill('SIGTERM');
+    await once(this.child, 'exit');
+  }
+
+  async api<T = any>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await fetch(`${this.url}/api/v1${path}`, {
+      method,
+      headers: { authorization: `Bearer ${this.key}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      body: body !== undefined ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.text();
+    if (!res.ok) throw new ApiError(res.status, text);
+    return (text ? JSON.parse(text) : null) as T;
+  }
+
+  async ensureInstance(name: string, resources: { name: string; type: string; connection: string; options?: Record<string, unknown> }[]): Promise<void> {
+    await this.api('POST', '/instances', { name });
+    for (const r of resources) await this.api('POST', `/instances/${name}/resources`, r);
+  }
+
+  /** Polls a backup or restore until it ends; returns the final document. */
+  async waitFor(kind: 'backups' | 'restores', id: string, intervalMs = 25): Promise<any> {
+    for (;;) {
+      const doc = await this.api('GET', `/${kind}/${id}`);
+      if (doc.status === 'success') return doc;
+      if (doc.status === 'error') throw new Error(`${kind} ${id} failed: ${doc.status_info}`);
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  }
+
+  async backup(instance: string, compression = 'zstd'): Promise<{ ms: number; doc: any }> {
+    const t0 = performance.now();
+    const created = await this.api('POST', `/instances/${instance}/backups`, { type: 'full', compression });
+    const doc = await this.waitFor('backups', created.id);
+    return { ms: performance.now() - t0, doc };
+  }
+
+  async restore(instance: string, backup: string, targets: Record<string, { connection: string }>): Promise<{ ms: number; doc: any }> {
+    const t0 = performance.now();
+    const created = await this.api('POST', `/instances/${instance}/restores`, { backup, targets });
+    const doc = await this.waitFor('restores', created.id);
+    return { ms: performance.now() - t0, doc };
+  }
+}
+
+/** Samples a process's resident memory and CPU time while an operation runs. */
+export class Sampler {
+  private timer: NodeJS.Timeout | undefined;
+  peakRssKb = 0;
+  startRssKb = 0;
+  private cpu0 = 0;
+  cpuSeconds = 0;
+
+  constructor(private readonly pid: number) {}
+
+  static async status(pid: number): Promise<{ rssKb: number; hwmKb: number }> {
+    const s = await readFile(`/proc/${pid}/status`, 'utf8');
+    const get = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s)?.[1] ?? 0);
+    return { rssKb: get('VmRSS'), hwmKb: get('VmHWM') };
+  }
+
+  static async cpuTicks(pid: number): Promise<number> {
+    const s = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]); // utime + stime, in clock ticks (100 a second)
+  }
+
+  async start(): Promise<void> {
+    this.peakRssKb = this.startRssKb = (await Sampler.status(this.pid)).rssKb;
+    this.cpu0 = await Sampler.cpuTicks(this.pid);
+    this.timer = setInterval(() => {
+      Sampler.status(this.pid).then(
+        (s) => {
+          if (s.rssKb > this.peakRssKb) this.peakRssKb = s.rssKb;
+        },
+        () => {},
+      );
+    }, 20);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    const s = await Sampler.status(this.pid);
+    if (s.rssKb > this.peakRssKb) this.peakRssKb = s.rssKb;
+    this.cpuSeconds = ((await Sampler.cpuTicks(this.pid)) - this.cpu0) / 100;
+  }
+}
