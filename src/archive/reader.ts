@@ -97,7 +97,7 @@ export async function readExchangeArchive(input: Readable, options: ReadArchiveO
           `Artifact ${name} of resource ${resource.name} has ${header.size} bytes in the archive, its manifest says ${resource.size}.`,
         );
       }
-      await passArtifact(entry, resource, name, options.onArtifact, record);
+      await passArtifact(Readable.from(entry), resource, name, options.onArtifact, record, tarError);
     }
     if (failure) throw failure;
     if (manifest === undefined) throw new AppError('invalid_archive', 'The archive is empty: it has no manifest.json.');
@@ -171,13 +171,18 @@ async function readManifest(entry: AsyncIterable<unknown>, size: number, max: nu
   return value as Manifest;
 }
 
-/** Streams one artifact through its checksum to onArtifact and waits for both to finish. */
-async function passArtifact(
-  entry: AsyncIterable<unknown>,
+/**
+ * Streams one artifact through its checksum to onArtifact and waits for both
+ * to finish; shared by the tar and zip readers. record keeps the first
+ * failure; pumpFailure names a failure of the source in the format's words.
+ */
+export async function passArtifact(
+  source: Readable,
   resource: ManifestResource,
   name: string,
   onArtifact: ReadArchiveOptions['onArtifact'],
   record: (err: AppError) => AppError,
+  pumpFailure: (err: unknown) => AppError,
 ): Promise<void> {
   const data = new ChecksumVerifier(resource.sha256, resource.size, `Artifact ${name} of resource ${resource.name}`);
   // A size or checksum error is recorded as it happens: it explains why the
@@ -185,7 +190,7 @@ async function passArtifact(
   data.on('error', (err) => {
     if (err instanceof AppError) record(err);
   });
-  const pumped = pipeline(Readable.from(entry), data).then(
+  const pumped = pipeline(source, data).then(
     () => undefined,
     (err: unknown) => err,
   );
@@ -201,9 +206,10 @@ async function passArtifact(
     if (!consumerFailed) record(new AppError('internal', `onArtifact returned before reading all of ${name}`));
     // Tearing the pump down makes the parser fail too; the cause is recorded above.
     data.destroy();
+    source.destroy();
   }
   const pumpError = await pumped;
   // record() returns the first failure, which is set above in both cases.
   if (!consumed || consumerFailed) throw record(new AppError('internal'));
-  if (pumpError !== undefined) throw record(tarError(pumpError));
+  if (pumpError !== undefined) throw record(pumpFailure(pumpError));
 }

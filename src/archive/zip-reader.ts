@@ -30,7 +30,7 @@ import yauzl from 'yauzl';
 import { archiveArtifactPath, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { AppError } from '../errors/index.ts';
 import { ChecksumVerifier } from '../platform/streams.ts';
-import type { ReadArchiveOptions } from './reader.ts';
+import { passArtifact, type ReadArchiveOptions } from './reader.ts';
 
 export interface ReadZipOptions extends ReadArchiveOptions {
   /** where the temporary copy of the upload is written; the OS temp directory when absent */
@@ -82,7 +82,7 @@ export async function readZipArchive(input: Readable, options: ReadZipOptions): 
       throw new AppError('payload_too_large', `The archive's artifacts hold ${total} bytes once unpacked, more than the limit of ${options.maxTotalBytes} bytes.`);
     }
     for (const { entry, resource, name } of plan) {
-      await passArtifact(zip, entry, resource, name, options.onArtifact);
+      await passZipArtifact(zip, entry, resource, name, options.onArtifact);
     }
     return manifest;
   } catch (err) {
@@ -258,7 +258,7 @@ function unknownEntry(raw: string): AppError {
 }
 
 /** Streams one artifact through its checksum to onArtifact and waits for both to finish. */
-async function passArtifact(
+async function passZipArtifact(
   zip: yauzl.ZipFile,
   entry: yauzl.Entry,
   resource: ManifestResource,
@@ -276,32 +276,8 @@ async function passArtifact(
   }
   const damaged = (err: unknown): AppError =>
     err instanceof AppError ? err : new AppError('invalid_archive', `Artifact ${name} in the zip is damaged (${(err as Error).message}).`, undefined, { cause: err });
-  const data = new ChecksumVerifier(resource.sha256, resource.size, `Artifact ${name} of resource ${resource.name}`);
-  // A damaged entry (bad deflate data, a lying size) or a size or checksum error explains why the
-  // consumer then fails, so it is recorded as it happens and wins over the consumer's error.
+  // A damaged entry (bad deflate data, a lying size) explains why the consumer then fails: recorded as it happens.
   source.on('error', (err) => record(damaged(err)));
-  data.on('error', (err) => {
-    if (err instanceof AppError) record(err);
-  });
-  const pumped = pipeline(source, data).then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  let consumerFailed = false;
-  try {
-    await onArtifact(resource, data);
-  } catch (err) {
-    consumerFailed = true;
-    record(err instanceof AppError ? err : new AppError('internal', undefined, undefined, { cause: err }));
-  }
-  const consumed = data.readableEnded;
-  if (!consumed) {
-    if (!consumerFailed) record(new AppError('internal', `onArtifact returned before reading all of ${name}`));
-    data.destroy();
-    source.destroy();
-  }
-  const pumpError = await pumped;
-  if (!consumed || consumerFailed) throw record(new AppError('internal'));
-  if (pumpError !== undefined) throw record(damaged(pumpError));
+  await passArtifact(source, resource, name, onArtifact, record, damaged);
   if (failure) throw failure;
 }
