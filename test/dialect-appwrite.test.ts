@@ -2,6 +2,9 @@
 // of its Backups service) against a real server whose project holds a SQLite
 // database and a directory: archives, policies (checked natively too) and
 // restorations in place and into new targets, with the data round-tripping.
+// A second project adds a PostgreSQL database to the sqlite database and the
+// directory: archived, changed, restored in place and with newResourceId into
+// a new postgres database, all through the SDK.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, writeFile, readFile, readdir, stat } from 'node:fs/promises';
@@ -9,6 +12,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Client, Backups, Query, ID, AppwriteException, BackupServices } from 'node-appwrite';
 import { startTestServer, tempDir, type TestServer } from './helpers.ts';
+import { changePg, createPgDatabase, pgQuery, pgDatabaseExists, pgSnapshot, PG_SERVER, type PgDatabase, type PgSnapshot } from './pg-helper.ts';
 
 const PROJECT = 'appwrite-app';
 const OTHER = 'appwrite-other';
@@ -534,5 +538,176 @@ describe('Appwrite dialect (node-appwrite SDK)', () => {
     });
     assert.equal(bad.status, 400);
     assert.equal((await bad.json()).type, 'general_argument_invalid');
+  });
+});
+
+describe('Appwrite dialect (node-appwrite SDK): a project with PostgreSQL, SQLite and a directory', () => {
+  const PG_PROJECT = 'appwrite-pg';
+  let t: TestServer;
+  let work: { path: string; cleanup(): Promise<void> };
+  let pgDb: PgDatabase;
+  let admin: Backups;
+  let dbPath: string;
+  let filesDir: string;
+  let original: { pg: PgSnapshot; db: Record<string, unknown[]>; files: Record<string, string> };
+  let fullArchive: string;
+  let pgArchive: string;
+
+  const waitArchive = async (id: string) => {
+    for (let i = 0; i < 2400; i++) {
+      const a = await admin.getArchive({ archiveId: id });
+      if (a.status === 'completed' || a.status === 'failed') return a;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`archive ${id} did not end`);
+  };
+  const waitRestoration = async (id: string) => {
+    for (let i = 0; i < 2400; i++) {
+      const r = await admin.getRestoration({ restorationId: id });
+      if (r.status === 'completed' || r.status === 'failed') return r;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    throw new Error(`restoration ${id} did not end`);
+  };
+
+  before(async () => {
+    pgDb = await createPgDatabase('bv_aw');
+    t = await startTestServer();
+    work = await tempDir();
+    dbPath = join(work.path, 'app', 'app.db');
+    filesDir = join(work.path, 'uploads');
+    await mkdir(join(work.path, 'app'), { recursive: true });
+    makeDb(dbPath);
+    await mkdir(filesDir, { recursive: true });
+    await writeFile(join(filesDir, 'a.txt'), 'alpha');
+    original = { pg: await pgSnapshot(pgDb.name), db: dumpDb(dbPath), files: await filesOf(filesDir) };
+    assert.equal(original.pg.accounts.length, 100);
+    assert.equal((await t.api('POST', '/api/v1/instances', { name: PG_PROJECT })).status, 201);
+    for (const r of [
+      { name: 'pg', type: 'postgres', connection: pgDb.connection },
+      { name: 'db', type: 'sqlite', connection: dbPath },
+      { name: 'files', type: 'files', connection: filesDir },
+    ]) {
+      const res = await t.api('POST', `/api/v1/instances/${PG_PROJECT}/resources`, r);
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+    }
+    admin = client(t.url, PG_PROJECT, t.adminKey);
+  });
+  after(async () => {
+    await t?.close();
+    await work?.cleanup();
+    await pgDb?.drop();
+  });
+
+  test('createArchive: every service takes the postgres database too; dedicatedDatabases takes only it', async () => {
+    const full = await admin.createArchive({ services: [BackupServices.Databases, BackupServices.Storage] });
+    fullArchive = full.$id;
+    const done = await waitArchive(fullArchive);
+    assert.equal(done.status, 'completed');
+    assert.deepEqual(done.services, ['databases', 'storage']);
+    assert.deepEqual([...done.resources].sort(), ['db', 'files', 'pg']);
+    const native = await t.api('GET', `/api/v1/backups/${fullArchive}`);
+    assert.equal(native.body.type, 'full');
+    const entry = native.body.resources.find((r: any) => r.name === 'pg');
+    assert.equal(entry.type, 'postgres');
+    assert.equal(entry.counts.tables['public.accounts'], 100);
+
+    const dedicated = await admin.createArchive({ services: [BackupServices.DedicatedDatabases] });
+    pgArchive = dedicated.$id;
+    const d = await waitArchive(pgArchive);
+    assert.equal(d.status, 'completed');
+    assert.deepEqual(d.services, ['databases']);
+    assert.deepEqual(d.resources, ['pg']);
+    assert.ok(d.size > 0);
+
+    // resourceId names the postgres resource: an Appwrite "database".
+    const one = await waitArchive((await admin.createArchive({ services: [BackupServices.Databases], resourceId: 'pg' })).$id);
+    assert.equal(one.status, 'completed');
+    assert.equal(one.resourceId, 'pg');
+    assert.equal(one.resourceType, 'database');
+    assert.deepEqual(one.resources, ['pg']);
+    assert.deepEqual((await t.api('GET', `/api/v1/backups/${one.$id}`)).body.selection, { pg: null });
+  });
+
+  test('createRestoration in place: changed postgres rows, sqlite rows and files come back', async () => {
+    await changePg(pgDb.name);
+    const db = new Database(dbPath);
+    db.exec("DELETE FROM notes WHERE id > 5; UPDATE tags SET name = 'changed';");
+    db.close();
+    await writeFile(join(filesDir, 'a.txt'), 'changed');
+    assert.notDeepEqual(await pgSnapshot(pgDb.name), original.pg);
+
+    const created = await admin.createRestoration({ archiveId: fullArchive, services: [BackupServices.Databases, BackupServices.Storage] });
+    assert.deepEqual([...created.resources].sort(), ['db', 'files', 'pg']);
+    const done = await waitRestoration(created.$id);
+    assert.equal(done.status, 'completed', JSON.stringify(done));
+    assert.deepEqual(await pgSnapshot(pgDb.name), original.pg, 'postgres rows are back, the later table gone');
+    assert.deepEqual(dumpDb(dbPath), original.db);
+    assert.deepEqual(await filesOf(filesDir), original.files);
+
+    // dedicatedDatabases restores only the postgres database: the sqlite change stays.
+    await changePg(pgDb.name);
+    const sq = new Database(dbPath);
+    sq.exec("UPDATE notes SET body = 'kept'");
+    sq.close();
+    const r2 = await admin.createRestoration({ archiveId: fullArchive, services: [BackupServices.DedicatedDatabases] });
+    assert.deepEqual(r2.resources, ['pg']);
+    assert.equal((await waitRestoration(r2.$id)).status, 'completed');
+    assert.deepEqual(await pgSnapshot(pgDb.name), original.pg);
+    assert.ok(dumpDb(dbPath).notes!.every((n: any) => n.body === 'kept'));
+    assert.deepEqual((await t.api('GET', `/api/v1/restores/${r2.$id}`)).body.resources, ['pg']);
+  });
+
+  test('createRestoration with newResourceId: a new postgres database beside the original', async () => {
+    const copy = `${pgDb.name}_copy`;
+    pgDb.alsoDrop(copy);
+    assert.equal(await pgDatabaseExists(copy), false);
+    // The live database moves on; the copy must hold the archived rows, the live one its own.
+    await changePg(pgDb.name);
+    const changed = await pgSnapshot(pgDb.name);
+
+    const r = await admin.createRestoration({ archiveId: pgArchive, services: [BackupServices.Databases], newResourceId: copy, newResourceName: 'Copy of pg' });
+    assert.deepEqual(r.resources, ['pg']);
+    const opts = JSON.parse(r.options);
+    assert.equal(opts.resourceId, 'pg');
+    assert.equal(opts.newResourceId, copy);
+    assert.equal(opts.newResourceName, 'Copy of pg');
+    const done = await waitRestoration(r.$id);
+    assert.equal(done.status, 'completed', JSON.stringify(done));
+    assert.equal(JSON.parse(done.options).newResourceId, copy);
+    const native = await t.api('GET', `/api/v1/restores/${r.$id}`);
+    assert.deepEqual(native.body.targets, { pg: { connection: `${PG_SERVER}/${copy}` } });
+
+    assert.equal(await pgDatabaseExists(copy), true, 'the restoration created the new database');
+    assert.deepEqual(await pgSnapshot(copy), original.pg);
+    assert.deepEqual(await pgSnapshot(pgDb.name), changed, 'the original is untouched');
+
+    // The archived resource's own ID is a restore in place.
+    const inPlace = await admin.createRestoration({ archiveId: pgArchive, services: [BackupServices.DedicatedDatabases], newResourceId: 'pg' });
+    assert.equal(inPlace.options, '{}');
+    assert.equal((await waitRestoration(inPlace.$id)).status, 'completed');
+    assert.deepEqual(await pgSnapshot(pgDb.name), original.pg);
+
+    // A database another resource is registered at is not new: 409, and it is left alone.
+    assert.equal((await t.api('POST', '/api/v1/instances', { name: 'appwrite-neighbour' })).status, 201);
+    const reg = await t.api('POST', '/api/v1/instances/appwrite-neighbour/resources', { name: 'pg', type: 'postgres', connection: `${PG_SERVER}/${copy}` });
+    assert.equal(reg.status, 201, JSON.stringify(reg.body));
+    await pgQuery(copy, "UPDATE accounts SET owner = 'neighbour'");
+    await rejectsWith(admin.createRestoration({ archiveId: pgArchive, services: [BackupServices.Databases], newResourceId: copy }), 409, 'database_already_exists');
+    assert.equal((await pgQuery(copy, "SELECT count(*)::int AS n FROM accounts WHERE owner = 'neighbour'"))[0].n, 100);
+    assert.equal((await t.api('DELETE', '/api/v1/instances/appwrite-neighbour/resources/pg')).status, 204);
+  });
+
+  // The dialect cannot see databases it has not registered; the postgres engine refuses a new
+  // target that exists and is not empty (target_not_empty), so the restoration fails and nothing is lost.
+  test('createRestoration with newResourceId naming an existing, unregistered postgres database leaves it untouched', async () => {
+    const other = `${pgDb.name}_other`;
+    pgDb.alsoDrop(other);
+    await pgQuery('postgres', `CREATE DATABASE "${other}"`);
+    await pgQuery(other, "CREATE TABLE precious (x text); INSERT INTO precious VALUES ('keep me')");
+    const created = await admin.createRestoration({ archiveId: pgArchive, services: [BackupServices.Databases], newResourceId: other });
+    const ended = await waitRestoration(created.$id);
+    assert.equal(ended.status, 'failed');
+    assert.deepEqual(await pgQuery(other, 'SELECT x FROM precious'), [{ x: 'keep me' }]);
   });
 });

@@ -4,7 +4,12 @@
 // its run (native run-now: Cloud66 has none) is listed and read through
 // Cloud66, its file parts downloaded through their public URLs, joined with
 // cat's semantics and imported back from remote_url; the imported backup
-// restores the stack's sqlite, files and mysql data.
+// restores the stack's sqlite, files and mysql data. A second stack holds a
+// PostgreSQL database beside sqlite and a directory: a db_type postgresql task
+// (excluded_tables as Cloud66 dumps them: definitions kept, rows left out) and
+// an all-databases task, listed and filtered as postgresql, downloaded through
+// the public URLs, imported back from remote_url and restored (natively:
+// Cloud66's document has no restore endpoint), with the rows back.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
@@ -15,6 +20,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import mysql from 'mysql2/promise';
 import { startTestServer, tempDir, waitFor, type TestServer } from './helpers.ts';
+import { changePg, createPgDatabase, pgQuery, pgSnapshot, type PgDatabase, type PgSnapshot } from './pg-helper.ts';
 import { backupFiles, backupJson, cloud66Id, cloud66Time, parseCloud66Id, splitSuffix, verifyStatus } from '../src/http/dialects/cloud66/views.ts';
 import { policyFromTask } from '../src/http/dialects/cloud66/params.ts';
 import type { ResourceTable } from '../src/catalog/schema.ts';
@@ -604,5 +610,211 @@ describe('Cloud66 dialect', () => {
     const r = await c66(t, 'GET', `/stacks/${TINY}/backups/${cloud66Id(tinyBackup.id)}`, readKey);
     assert.equal(r.body.response.verify_status, 2);
     assert.equal(typeof r.body.response.verify_result, 'string');
+  });
+});
+
+describe('Cloud66 dialect: a stack with PostgreSQL, SQLite and a directory', () => {
+  const PG_STACK = 'pgstack';
+  let t: TestServer;
+  let work: { path: string; cleanup(): Promise<void> };
+  let pgDb: PgDatabase;
+  let sqlitePath: string;
+  let filesDir: string;
+  let original: PgSnapshot;
+  let pgTask: any;
+  let allTask: any;
+  let pgBackup: any;
+  let allBackup: any;
+
+  const items = () => new Database(sqlitePath, { readonly: true }).prepare('SELECT name FROM items ORDER BY id').all();
+
+  /** Downloads every file of a backup through its public URL and joins them. */
+  const download = async (b: any): Promise<Buffer> => {
+    const id = cloud66Id(b.id);
+    const files = await c66(t, 'GET', `/stacks/${PG_STACK}/backups/${id}/files`, t.adminKey);
+    assert.equal(files.status, 200, JSON.stringify(files.body));
+    assert.ok(files.body.response.length >= 1);
+    const chunks: Buffer[] = [];
+    for (const f of files.body.response) {
+      const link = await c66(t, 'GET', `/stacks/${PG_STACK}/backups/${id}/files/${f.id}`, t.adminKey);
+      assert.equal(link.status, 200, JSON.stringify(link.body));
+      const dl = await fetch(link.body.response.public_url);
+      assert.equal(dl.status, 200);
+      chunks.push(Buffer.from(await dl.arrayBuffer()));
+    }
+    const joined = Buffer.concat(chunks);
+    assert.ok(joined.equals(await nativeBytes(t, b.id)), 'the parts join into the exchange archive');
+    return joined;
+  };
+
+  const restoreNatively = async (backupId: string) => {
+    const r = await t.api('POST', `/api/v1/instances/${PG_STACK}/restores`, { backup: backupId });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const done = await waitFor(t.api, `/api/v1/restores/${r.body.id}`, 'status', 120_000);
+    assert.equal(done.status, 'success', done.status_info);
+    return done;
+  };
+
+  before(async () => {
+    pgDb = await createPgDatabase('bv_c66');
+    original = await pgSnapshot(pgDb.name);
+    t = await startTestServer({ allow_private_import_urls: true });
+    work = await tempDir();
+    sqlitePath = join(work.path, 'app.db');
+    const db = new Database(sqlitePath);
+    db.exec("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a'), ('b');");
+    db.close();
+    filesDir = join(work.path, 'uploads');
+    await mkdir(filesDir, { recursive: true });
+    await writeFile(join(filesDir, 'note.txt'), 'hello');
+    assert.equal((await t.api('POST', '/api/v1/instances', { name: PG_STACK })).status, 201);
+    for (const r of [
+      { name: 'pg', type: 'postgres', connection: pgDb.connection },
+      { name: 'db', type: 'sqlite', connection: sqlitePath },
+      { name: 'uploads', type: 'files', connection: filesDir },
+    ]) {
+      const res = await t.api('POST', `/api/v1/instances/${PG_STACK}/resources`, r);
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+    }
+  });
+  after(async () => {
+    await t?.close();
+    await work?.cleanup();
+    await pgDb?.drop();
+  });
+
+  test('backup tasks: db_type postgresql with excluded_tables, and all databases', async () => {
+    const q = new URLSearchParams({ db_type: 'postgresql', frequency: '0 */1 * * *', keep_count: '10', gzip: 'true', excluded_tables: 'audit_log' });
+    const r = await c66(t, 'POST', `/stacks/${PG_STACK}/backups?${q}`, t.adminKey);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.deepEqual(r.body, { response: { ok: true, message: 'queued for creation' } });
+    const r2 = await c66(t, 'POST', `/stacks/${PG_STACK}/backups`, t.adminKey, { db_type: 'all', frequency: '0 3 * * *' });
+    assert.equal(r2.status, 200, JSON.stringify(r2.body));
+    [pgTask, allTask] = (await t.api('GET', `/api/v1/instances/${PG_STACK}/policies`)).body.items;
+    assert.equal(pgTask.type, 'partial');
+    assert.deepEqual(pgTask.selection, { pg: null });
+    // Cloud66 dumps excluded postgresql tables' definitions without their rows: the engine's data: form.
+    assert.deepEqual(pgTask.exclude, { pg: ['data:audit_log'] });
+    assert.equal(pgTask.compression, 'gzip');
+    assert.equal(allTask.type, 'full');
+
+    for (const [task, set] of [
+      [pgTask, (b: any) => (pgBackup = b)],
+      [allTask, (b: any) => (allBackup = b)],
+    ] as const) {
+      const run = await t.api('POST', `/api/v1/policies/${task.id}/run`);
+      assert.equal(run.status, 202, JSON.stringify(run.body));
+      const done = await waitFor(t.api, `/api/v1/backups/${run.body.id}`, 'status', 120_000);
+      assert.equal(done.status, 'success', done.status_info);
+      set(done);
+    }
+    const pgEntry = pgBackup.resources.find((x: any) => x.name === 'pg');
+    assert.equal(pgEntry.type, 'postgres');
+    assert.equal(pgEntry.counts.tables['public.accounts'], 100);
+  });
+
+  test('backups list and one backup: db_type postgresql, the database, skip_tables, the filters', async () => {
+    const r = await c66(t, 'GET', `/stacks/${PG_STACK}/backups`, t.adminKey);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assertPagination(r, 2);
+    const [all, pgOnly] = r.body.response;
+    for (const b of [all, pgOnly]) {
+      assert.deepEqual(Object.keys(b), BACKUP_KEYS);
+      assert.equal(b.backup_status, 0);
+      assert.equal(b.backup_result, '');
+      assert.equal(b.restore_status, 0);
+    }
+    assert.equal(pgOnly.id, cloud66Id(pgBackup.id));
+    assert.equal(pgOnly.db_type, 'postgresql');
+    assert.equal(pgOnly.database_name, 'pg');
+    assert.equal(pgOnly.skip_tables, 'audit_log');
+    assert.equal(pgOnly.backup_size, pgBackup.size);
+    assert.ok(pgOnly.backup_size > 0);
+    assert.equal(pgOnly.group, cloud66Id(pgTask.id));
+    assert.equal(pgOnly.file_base, `backvault-${PG_STACK}-${pgBackup.id}`);
+    assert.equal(all.id, cloud66Id(allBackup.id));
+    assert.deepEqual(all.db_type.split(',').sort(), ['files', 'postgresql', 'sqlite']);
+    assert.equal(all.db_type.split(',').at(-1), 'files', 'databases first');
+    assert.deepEqual(all.database_name.split(',').sort(), ['db', 'pg', 'uploads']);
+    assert.equal(all.skip_tables, '');
+    assert.equal(all.group, cloud66Id(allTask.id));
+
+    const ids = async (query: string) => (await c66(t, 'GET', `/stacks/${PG_STACK}/backups?${query}`, t.adminKey)).body.response.map((b: any) => b.id);
+    assert.deepEqual(await ids('db_type=postgresql'), [all.id, pgOnly.id]);
+    assert.deepEqual(await ids('db_type=sqlite'), [all.id]);
+    assert.deepEqual(await ids(`group=${cloud66Id(pgTask.id)}&db_type=postgresql`), [pgOnly.id]);
+    assert.deepEqual(await ids('db_type=mysql'), []);
+
+    const one = await c66(t, 'GET', `/stacks/${PG_STACK}/backups/${pgOnly.id}`, t.adminKey);
+    assert.equal(one.status, 200);
+    assert.deepEqual(one.body.response, pgOnly);
+  });
+
+  test('the postgresql backup downloaded through public URLs, imported from remote_url, restored: the rows are back', async () => {
+    const archive = await download(pgBackup);
+    const server: Server = createServer((req, res) => {
+      if (req.url !== '/pg.tar') {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/x-tar', 'content-length': archive.length }).end(archive);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const remote = `http://127.0.0.1:${(server.address() as AddressInfo).port}/pg.tar`;
+      await changePg(pgDb.name);
+      await pgQuery(pgDb.name, 'DELETE FROM audit_log WHERE id > 5');
+      assert.notDeepEqual(await pgSnapshot(pgDb.name), original);
+
+      const before = (await t.api('GET', `/api/v1/instances/${PG_STACK}/backups`)).body.items.map((b: any) => b.id);
+      const q = new URLSearchParams({ group: String(cloud66Id(pgTask.id)), db_type: 'postgresql', remote_url: remote });
+      const r = await c66(t, 'POST', `/stacks/${PG_STACK}/backups?${q}`, t.adminKey);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.deepEqual(r.body, { response: { ok: true, message: 'Your external backup queued for upload' } });
+      const fresh = (await t.api('GET', `/api/v1/instances/${PG_STACK}/backups`)).body.items.filter((b: any) => !before.includes(b.id));
+      assert.equal(fresh.length, 1);
+      const imported = await waitFor(t.api, `/api/v1/backups/${fresh[0].id}`, 'status', 120_000);
+      assert.equal(imported.status, 'success', imported.status_info);
+      assert.equal(imported.policy_id, pgTask.id);
+
+      const shown = await c66(t, 'GET', `/stacks/${PG_STACK}/backups/${cloud66Id(imported.id)}`, t.adminKey);
+      assert.equal(shown.status, 200, JSON.stringify(shown.body));
+      assert.equal(shown.body.response.db_type, 'postgresql');
+      assert.equal(shown.body.response.database_name, 'pg');
+      assert.equal(shown.body.response.group, cloud66Id(pgTask.id));
+      assert.deepEqual(
+        (await c66(t, 'GET', `/stacks/${PG_STACK}/backups?db_type=postgresql&group=${cloud66Id(pgTask.id)}`, t.adminKey)).body.response.map((b: any) => b.id),
+        [cloud66Id(imported.id), cloud66Id(pgBackup.id)],
+      );
+
+      const restored = await restoreNatively(imported.id);
+      const now = await pgSnapshot(pgDb.name);
+      assert.deepEqual(now.accounts, original.accounts, 'the accounts rows are back');
+      // A backup with excluded tables is partial: restored in place it replaces only what it holds, so
+      // the table created later stays, and audit_log (definition without rows) is kept as it was.
+      assert.deepEqual(now.tables, ['accounts', 'added_later', 'audit_log']);
+      assert.equal(now.audit_log, 5);
+      assert.match(restored.result.resources[0].warnings.join(' '), /Kept as they were.*public\.audit_log/);
+      const after = await c66(t, 'GET', `/stacks/${PG_STACK}/backups/${cloud66Id(imported.id)}`, t.adminKey);
+      assert.equal(after.body.response.restore_status, 2);
+      assert.equal(after.body.response.skip_tables, 'audit_log', 'the import keeps the exclusions it was made with');
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  test('the all-databases backup restores postgresql, sqlite and the directory', async () => {
+    await download(allBackup);
+    await changePg(pgDb.name);
+    const db = new Database(sqlitePath);
+    db.exec("DELETE FROM items; INSERT INTO items (name) VALUES ('changed');");
+    db.close();
+    await writeFile(join(filesDir, 'note.txt'), 'changed');
+    await restoreNatively(allBackup.id);
+    assert.deepEqual(await pgSnapshot(pgDb.name), original);
+    assert.deepEqual(items(), [{ name: 'a' }, { name: 'b' }]);
+    assert.equal(await readFile(join(filesDir, 'note.txt'), 'utf8'), 'hello');
+    const shown = await c66(t, 'GET', `/stacks/${PG_STACK}/backups/${cloud66Id(allBackup.id)}`, t.adminKey);
+    assert.equal(shown.body.response.restore_status, 2);
   });
 });

@@ -1,14 +1,18 @@
 // The Scalingo dialect, driven with the requests of
 // reference/scalingo-database-backups.md as written (host, token and ids
 // substituted). Scalingo's API has no create, so backups are made through
-// the native API, then listed and downloaded through Scalingo's.
+// the native API, then listed and downloaded through Scalingo's. A second
+// database holds PostgreSQL (with sqlite and a directory): backed up natively,
+// listed and downloaded through Scalingo, changed, and its downloaded archive
+// imported and restored natively (Scalingo's API has no restore), rows back.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import Database from 'better-sqlite3';
 import { startTestServer, tempDir, waitFor, type TestServer } from './helpers.ts';
+import { changePg, createPgDatabase, pgSnapshot, type PgDatabase, type PgSnapshot } from './pg-helper.ts';
 import { scalingoBackup, scalingoName, scalingoStatus, scalingoTime } from '../src/http/dialects/scalingo/index.ts';
 
 const DB = 'my-db-123';
@@ -199,5 +203,115 @@ describe('Scalingo dialect', () => {
     const noRoute = await curl(`${api}/apps`, readKey);
     assert.equal(noRoute.status, 404);
     assert.deepEqual(noRoute.body, { error: 'not found' });
+  });
+});
+
+describe('Scalingo dialect: a PostgreSQL database round trip', () => {
+  const PG_DB = 'pg-db-456';
+  let t: TestServer;
+  let work: { path: string; cleanup(): Promise<void> };
+  let api: string;
+  let pgDb: PgDatabase;
+  let original: PgSnapshot;
+  let sqlitePath: string;
+  let filesDir: string;
+
+  const items = () => new Database(sqlitePath, { readonly: true }).prepare('SELECT name FROM items ORDER BY id').all();
+
+  before(async () => {
+    pgDb = await createPgDatabase('bv_scalingo');
+    original = await pgSnapshot(pgDb.name);
+    t = await startTestServer();
+    api = `${t.url}/scalingo/api`;
+    work = await tempDir();
+    sqlitePath = join(work.path, 'app.db');
+    const db = new Database(sqlitePath);
+    db.exec("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a'), ('b');");
+    db.close();
+    filesDir = join(work.path, 'files');
+    await mkdir(filesDir, { recursive: true });
+    await writeFile(join(filesDir, 'note.txt'), 'hello');
+    assert.equal((await t.api('POST', '/api/v1/instances', { name: PG_DB })).status, 201);
+    for (const r of [
+      { name: 'pg', type: 'postgres', connection: pgDb.connection },
+      { name: 'db', type: 'sqlite', connection: sqlitePath },
+      { name: 'files', type: 'files', connection: filesDir },
+    ]) {
+      const res = await t.api('POST', `/api/v1/instances/${PG_DB}/resources`, r);
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+    }
+  });
+  after(async () => {
+    await t?.close();
+    await work?.cleanup();
+    await pgDb?.drop();
+  });
+
+  test('back up natively, list and download through Scalingo, change the rows, import and restore: the rows are back', async () => {
+    const created = await t.api('POST', `/api/v1/instances/${PG_DB}/backups`, {});
+    assert.equal(created.status, 202, JSON.stringify(created.body));
+    const done = await waitFor(t.api, `/api/v1/backups/${created.body.id}`, 'status', 120_000);
+    assert.equal(done.status, 'success', done.status_info);
+
+    // Scalingo lists it as a done backup of this database.
+    const list = await curl(`${api}/databases/${PG_DB}/backups`, t.adminKey);
+    assert.equal(list.status, 200, list.text);
+    assert.equal(list.body.database_backups.length, 1);
+    const b = list.body.database_backups[0];
+    assert.deepEqual(Object.keys(b), DOC_KEYS);
+    assert.equal(b.id, done.id);
+    assert.equal(b.status, 'done');
+    assert.equal(b.database_id, PG_DB);
+    assert.equal(b.name, `${b.created_at.slice(0, 19).replace(/[-T:]/g, '')}_${PG_DB}`);
+    assert.equal(b.size, done.size);
+    assert.ok(b.size > 0);
+
+    // The pre-signed link downloads the archive with the postgres dump in it, no other credentials.
+    const link = await curl(`${api}/databases/${PG_DB}/backups/${b.id}/archive`, t.adminKey);
+    assert.equal(link.status, 200, link.text);
+    const dl = await fetch(link.body.download_url);
+    assert.equal(dl.status, 200);
+    const bytes = Buffer.from(await dl.arrayBuffer());
+    const names = execFileSync('tar', ['-tf', '-'], { input: bytes }).toString().trim().split('\n');
+    assert.ok(names.some((n) => /^resources\/pg\//.test(n)), names.join(','));
+    const manifest = JSON.parse(execFileSync('tar', ['-xOf', '-', 'manifest.json'], { input: bytes }).toString());
+    const pgEntry = manifest.resources.find((r: any) => r.name === 'pg');
+    assert.equal(pgEntry.type, 'postgres');
+    assert.equal(pgEntry.counts.tables['public.accounts'], 100);
+    assert.match(pgEntry.server_version, /^15/);
+
+    // Change everything.
+    await changePg(pgDb.name);
+    const db = new Database(sqlitePath);
+    db.exec("DELETE FROM items; INSERT INTO items (name) VALUES ('changed');");
+    db.close();
+    await writeFile(join(filesDir, 'note.txt'), 'changed');
+    assert.notDeepEqual(await pgSnapshot(pgDb.name), original);
+
+    // The downloaded archive imports back (natively) and restores (natively: Scalingo has no restore).
+    const fd = new FormData();
+    fd.append('file', new Blob([new Uint8Array(bytes)]), 'archive.tar');
+    const imp = await fetch(`${t.url}/api/v1/instances/${PG_DB}/backups/import`, { method: 'POST', headers: { authorization: `Bearer ${t.adminKey}` }, body: fd });
+    assert.equal(imp.status, 202);
+    const imported = await waitFor(t.api, `/api/v1/backups/${((await imp.json()) as any).id}`, 'status', 120_000);
+    assert.equal(imported.status, 'success', imported.status_info);
+    const restore = await t.api('POST', `/api/v1/instances/${PG_DB}/restores`, { backup: imported.id });
+    assert.equal(restore.status, 202, JSON.stringify(restore.body));
+    const restored = await waitFor(t.api, `/api/v1/restores/${restore.body.id}`, 'status', 120_000);
+    assert.equal(restored.status, 'success', restored.status_info);
+
+    assert.deepEqual(await pgSnapshot(pgDb.name), original, 'the postgres rows are back, the later table gone');
+    assert.deepEqual(items(), [{ name: 'a' }, { name: 'b' }]);
+    assert.equal(await readFile(join(filesDir, 'note.txt'), 'utf8'), 'hello');
+
+    // Scalingo lists the imported backup too, newest first.
+    const after = await curl(`${api}/databases/${PG_DB}/backups`, t.adminKey);
+    assert.deepEqual(
+      after.body.database_backups.map((x: any) => [x.id, x.status]),
+      [
+        [imported.id, 'done'],
+        [done.id, 'done'],
+      ],
+    );
   });
 });

@@ -125,6 +125,12 @@ test('postgres + redis + files: one backup, one manifest, full and selective res
   const stored = JSON.parse(await readFile(manifestPath, 'utf8'));
   stored.resources[0].server_version = '14.11';
   await writeFile(manifestPath, JSON.stringify(stored));
+  // A new target that exists and holds tables is refused, and left as it was.
+  const again = await server.api('POST', '/api/v1/instances/shop/restores', { backup: b.id, resources: ['db'], targets: { db: { connection: `postgres://postgres@127.0.0.1:5432/${db}_copy` } } });
+  const refused = await waitFor(server.api, `/api/v1/restores/${again.body.id}`, 'status', 120_000);
+  assert.equal(refused.status, 'error');
+  assert.match(refused.status_info, /not empty/);
+  assert.equal((await pgQuery(`${db}_copy`, 'SELECT count(*)::int AS n FROM accounts'))[0].n, 300);
   await pgQuery('postgres', `DROP DATABASE ${db}_copy WITH (FORCE)`);
   const r4 = await server.api('POST', '/api/v1/instances/shop/restores', { backup: b.id, resources: ['db'], targets: { db: { connection: `postgres://postgres@127.0.0.1:5432/${db}_copy` } } });
   const warned = await waitFor(server.api, `/api/v1/restores/${r4.body.id}`, 'status', 120_000);

@@ -233,6 +233,11 @@ describe('mysql engine', () => {
     const [ai] = await q('information_schema', 'SELECT AUTO_INCREMENT AS a FROM TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?', [dst, 'items']);
     assert.equal(Number(ai.a), 1000);
 
+    // A new target that exists and holds tables is refused and left as it was.
+    const before = await snapshot(dst);
+    await assert.rejects(restoreInto(dst, data, info.counts, 'new_target', false), (e: any) => e.code === 'target_not_empty');
+    assert.deepEqual(await snapshot(dst), before);
+
     // The restored objects work: the procedure inserts, the trigger fires, the function answers.
     await q(dst, "CALL add_item('after restore')");
     const [added] = await q(dst, "SELECT id, twice(id) AS t FROM items WHERE name = 'after restore'");

@@ -229,6 +229,13 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
     const conn = session.conn;
     await conn.query('SET SESSION foreign_key_checks = 0');
     let schema = await rows(conn, 'SELECT DEFAULT_CHARACTER_SET_NAME AS cs, DEFAULT_COLLATION_NAME AS co FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?', [target]);
+    if (schema.length > 0 && req.mode === 'new_target') {
+      // A new target must be new: restoring over another database's tables by a typo would destroy them.
+      const present = await rows(conn, 'SELECT COUNT(*) AS n FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?', [target]);
+      if (Number(present[0]?.n ?? 0) > 0) {
+        throw new AppError('target_not_empty', `Database ${target} already exists and holds tables; restore into a new database name, or restore in place.`);
+      }
+    }
     if (schema.length === 0) {
       // A new target, or a database that was lost: either way it is created.
       await conn.query(`CREATE DATABASE ${quoteId(target)}`);

@@ -336,6 +336,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
       const need = Math.max(majorKey(server.num)!, (toc.dumpVersion ? majorKey(toc.dumpVersion) : null) ?? 0);
       const pgRestore = await findTool('pg_restore', need);
       const exists = await databaseExists(maint, conn.database);
+      if (exists && req.mode === 'new_target') await assertEmptyDatabase(conn, signal);
       const ctx: RestoreContext = { conn, file, toc, pgRestore, req };
       if (req.partial && exists) return await restoreSelected(ctx);
       return await restoreWhole(ctx, maint, exists);
@@ -347,6 +348,25 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     throw fail(err, signal, conn, `Restoring PostgreSQL database "${conn.database}"`);
   } finally {
     await rm(file, { force: true });
+  }
+}
+
+/**
+ * A new target must be new or empty (a database created for the restore):
+ * restoring over another database's tables by a typo would destroy them.
+ */
+async function assertEmptyDatabase(conn: PgConn, signal: AbortSignal): Promise<void> {
+  const client = await connect(conn, signal);
+  try {
+    const r = await client.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND s.nspname NOT IN ('pg_catalog', 'information_schema') AND s.nspname NOT LIKE 'pg_toast%'`,
+    );
+    if ((r.rows[0]?.n ?? 0) > 0) {
+      throw new AppError('target_not_empty', `Database ${conn.database} already exists and is not empty; restore into a new database name, or restore in place.`);
+    }
+  } finally {
+    await client.end().catch(() => undefined);
   }
 }
 
