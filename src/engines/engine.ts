@@ -46,7 +46,11 @@ export interface RestoreRequest {
   input: Readable;
   /** what the dump recorded; used to check the restore */
   expected: ObjectCounts;
-  /** in_place makes the target equal to the backup (what the backup lacks is gone); new_target creates it if missing */
+  /**
+   * in_place makes the target equal to the backup (what the backup lacks is
+   * gone); new_target creates it if missing and refuses one that holds data
+   * (target_not_empty), so a mistyped target never destroys anything.
+   */
   mode: 'in_place' | 'new_target';
   /**
    * true when the backup took only some objects of the resource: an in-place

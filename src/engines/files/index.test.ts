@@ -205,6 +205,90 @@ describe('files engine', () => {
     assert.equal(createHash('sha256').update(await readFile(again.file)).digest('hex'), createHash('sha256').update(await readFile(file)).digest('hex'));
   });
 
+  it('refuses a new target that already holds data, touching nothing', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const full = await dumpToFile(src);
+    const part = await dumpToFile(src, { selection: ['a/**'] });
+
+    const base = await freshDir();
+    // A live directory someone mistyped as the new target.
+    const live = join(base, 'live');
+    await mkdir(join(live, 'uploads'), { recursive: true });
+    await writeFile(join(live, 'uploads/photo.jpg'), 'jpeg bytes');
+    await writeFile(join(live, '.env'), 'TOKEN=1');
+    await chmod(live, 0o750);
+    // Only an empty directory inside is still data (someone's layout).
+    const onlyDir = join(base, 'only-dir');
+    await mkdir(join(onlyDir, 'empty'), { recursive: true });
+    const aFile = join(base, 'a-file');
+    await writeFile(aFile, 'a file where a directory was expected');
+    const emptyFile = join(base, 'empty-file');
+    await writeFile(emptyFile, '');
+    const link = join(base, 'link');
+    await symlink(live, link);
+    const before = await treeState(base);
+
+    for (const target of [live, onlyDir, aFile, emptyFile, link]) {
+      for (const [f, counts, partial] of [
+        [full.file, full.info.counts, false],
+        [part.file, part.info.counts, true],
+      ] as const) {
+        await assert.rejects(
+          filesEngine.restore(restoreReq(target, f, counts, { mode: 'new_target', partial })),
+          (e) => isErrorCode(e, 'target_not_empty') && e.status === 409 && e.message.includes(target) && /choose a new path/i.test(e.message) && /restore in place/.test(e.message),
+        );
+        assert.deepEqual(await treeState(base), before, target);
+      }
+    }
+    // Refused before reading: the input was never consumed.
+    const input = createReadStream(full.file);
+    await assert.rejects(filesEngine.restore(restoreReq(live, input, full.info.counts, { mode: 'new_target' })), (e) => isErrorCode(e, 'target_not_empty'));
+    assert.equal(input.bytesRead, 0);
+    input.destroy();
+    assert.deepEqual(await treeState(base), before);
+  });
+
+  it('restores a new target into an empty directory, keeping its mode', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const { file, info } = await dumpToFile(src);
+    const target = join(await freshDir(), 'empty');
+    await mkdir(target);
+    await chmod(target, 0o750);
+    const r = await filesEngine.restore(restoreReq(target, file, info.counts, { mode: 'new_target' }));
+    assert.deepEqual(compareCounts(info.counts, r.counts), []);
+    assert.deepEqual(await treeState(target), await treeState(src));
+    assert.equal((await lstat(target)).mode & 0o7777, 0o750);
+    assert.deepEqual(await leftovers(dirname(target)), []);
+  });
+
+  it('refuses a new target that fills up while the input streams, leaving it as it is', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const { file, info } = await dumpToFile(src);
+    const target = join(await freshDir(), 't');
+    await mkdir(target);
+    const input = Readable.from(
+      (async function* () {
+        let first = true;
+        for await (const c of createReadStream(file, { highWaterMark: 64 * 1024 })) {
+          yield c as Buffer;
+          if (first) await writeFile(join(target, 'meanwhile.txt'), 'written by someone else');
+          first = false;
+        }
+      })(),
+      { objectMode: false },
+    );
+    await assert.rejects(filesEngine.restore(restoreReq(target, input, info.counts, { mode: 'new_target' })), (e) => isErrorCode(e, 'target_not_empty') && e.message.includes('"meanwhile.txt"'));
+    assert.deepEqual(await readdir(target), ['meanwhile.txt']);
+    assert.equal(await readFile(join(target, 'meanwhile.txt'), 'utf8'), 'written by someone else');
+    assert.deepEqual(await leftovers(dirname(target)), []);
+  });
+
   it('writes an archive GNU tar extracts to the same tree', async () => {
     const src = join(await freshDir(), 'src');
     await mkdir(src);
@@ -419,14 +503,22 @@ describe('files engine', () => {
       assert.match(r.warnings[0]!, /"cache\/old\.txt"/);
     });
 
-    it('leaves a new target as the backup has it', async () => {
+    it('leaves a new target as the backup has it, and carries nothing into one', async () => {
       const src = join(await freshDir(), 'src');
       await mkdir(src);
       await writeFile(join(src, 'f.txt'), 'f');
       const { file, info } = await dumpToFile(src, { options: { exclude: ['cache'] } });
+      // A "new" target holding only what the options leave out still holds data: refused, not carried over.
+      const busy = join(await freshDir(), 't');
+      await mkdir(join(busy, 'cache'), { recursive: true });
+      await writeFile(join(busy, 'cache/x'), 'x');
+      const state = await treeState(busy);
+      await assert.rejects(
+        filesEngine.restore({ ...restoreReq(busy, file, info.counts, { mode: 'new_target' }), target: resource(busy, { exclude: ['cache'] }) }),
+        (e) => isErrorCode(e, 'target_not_empty'),
+      );
+      assert.deepEqual(await treeState(busy), state);
       const target = join(await freshDir(), 't');
-      await mkdir(join(target, 'cache'), { recursive: true });
-      await writeFile(join(target, 'cache/x'), 'x');
       await filesEngine.restore({ ...restoreReq(target, file, info.counts, { mode: 'new_target' }), target: resource(target, { exclude: ['cache'] }) });
       assert.deepEqual(await readdir(target), ['f.txt']);
     });

@@ -69,10 +69,46 @@ async function resolveTarget(path: string): Promise<{ dir: string; exists: boole
   }
 }
 
+/**
+ * A new target must not hold data already: a path that exists is more likely
+ * a typo than a wish to lose what is there. Absent, or an empty directory
+ * (a symlink to one is followed, as resolveTarget does), is fine; anything
+ * else is refused with target_not_empty. ignore names an entry of ours inside
+ * it (staging in a mount point).
+ */
+async function requireFreshTarget(path: string, ignore?: string): Promise<void> {
+  let names: string[];
+  try {
+    if (!(await stat(path)).isDirectory()) {
+      throw new AppError(
+        'target_not_empty',
+        `The new target ${path} already exists and is not a directory; a new target must not exist or be an empty directory, so nothing was written. Choose a new path, or restore in place.`,
+        { target: path },
+      );
+    }
+    names = (await readdir(path)).filter((n) => n !== ignore);
+  } catch (err) {
+    if (isAppError(err)) throw err;
+    const code = (err as NodeJS.ErrnoException)?.code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return; // nothing there; mkdir reports a bad parent
+    throw new AppError('engine_failed', `The restore target ${path} cannot be checked: ${(err as Error).message}`, undefined, { cause: err });
+  }
+  if (names.length === 0) return;
+  const shown = names.sort(byteCompare).slice(0, 3).map((n) => JSON.stringify(n)).join(', ');
+  throw new AppError(
+    'target_not_empty',
+    `The new target ${path} is a directory that already holds ${names.length} entr${names.length === 1 ? 'y' : 'ies'} (${shown}${names.length > 3 ? ', …' : ''}); a new target must not exist or be an empty directory, so nothing was written. Choose a new path, or restore in place.`,
+    { target: path },
+  );
+}
+
 async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const signal = req.signal;
   if (signal.aborted) throw new AppError('cancelled');
-  const { dir: target, exists } = await resolveTarget(checkPath(req.target.connection));
+  const path = checkPath(req.target.connection);
+  // Before anything is written (not even the target's parent directories).
+  if (req.mode === 'new_target') await requireFreshTarget(path);
+  const { dir: target, exists } = await resolveTarget(path);
   const overlay = req.partial && req.mode === 'in_place';
   // A full in-place restore keeps what the resource's options (as they are now) leave out of backups; see carry.ts.
   const opts = !overlay && req.mode === 'in_place' && exists ? optionGlobs(req.target.options ?? {}) : null;
@@ -121,6 +157,8 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
         }
         if (plan.ops.length > 0) carrier = new Carrier(target, staging, plan);
       }
+      // Again just before the swap: something may have been put there while the input streamed.
+      if (req.mode === 'new_target') await requireFreshTarget(target, mountPoint ? basename(staging) : undefined);
       try {
         // From here on the left-out paths live in staging until the swap puts it in place (with them) or undo puts them back.
         await carrier?.run();

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -300,6 +300,97 @@ describe('sqlite engine', () => {
     const names2 = (snapshot(t2).schema as { name: string }[]).map((s) => s.name).sort();
     // user_posts read users, so it went with it.
     assert.deepEqual(names2, ['audit', 'kv', 'plain', 'posts', 'posts_audit', 'posts_user']);
+  });
+
+  it('refuses a new target that already exists, touching nothing', async () => {
+    const dir = await freshDir();
+    const src = join(dir, 'src.db');
+    makeDb(src);
+    const { file, info } = await dumpToFile(src);
+    const part = await dumpToFile(src, { selection: ['users'] });
+
+    // A database someone mistyped as the new target, with a -wal beside it.
+    const other = join(dir, 'other.db');
+    const o = new Database(other);
+    o.exec(`CREATE TABLE precious (x); INSERT INTO precious VALUES ('keep me');`);
+    o.close();
+    await writeFile(`${other}-wal`, 'not ours to remove');
+    const notes = join(dir, 'notes.txt');
+    await writeFile(notes, 'some text, not a database');
+    const sub = join(dir, 'sub');
+    await mkdir(sub);
+    await writeFile(join(sub, 'x'), 'x');
+    const link = join(dir, 'link.db');
+    await symlink(other, link);
+
+    const state = async () => {
+      const out: Record<string, string> = {};
+      for (const name of (await readdir(dir)).sort()) {
+        const p = join(dir, name);
+        const st = await lstat(p);
+        out[name] = st.isSymbolicLink() ? `link:${await readlink(p)}` : st.isDirectory() ? `dir:${(await readdir(p)).join(',')}` : `${st.mode & 0o7777}:${await sha256File(p)}`;
+      }
+      return out;
+    };
+    const before = await state();
+    for (const target of [other, notes, sub, link]) {
+      for (const [f, counts, partial] of [
+        [file, info.counts, false],
+        [part.file, part.info.counts, true],
+      ] as const) {
+        await assert.rejects(
+          sqliteEngine.restore(restoreReq(target, f, counts, { mode: 'new_target', partial })),
+          (e) => isErrorCode(e, 'target_not_empty') && e.status === 409 && e.message.includes(target) && /choose a new path/i.test(e.message) && /restore in place/.test(e.message),
+        );
+        assert.deepEqual(await state(), before, target);
+      }
+    }
+    // Refused before reading: the input was never consumed (nothing written, not even a temp file).
+    const input = createReadStream(file);
+    await assert.rejects(sqliteEngine.restore(restoreReq(other, file, info.counts, { mode: 'new_target', input })), (e) => isErrorCode(e, 'target_not_empty'));
+    assert.equal(input.bytesRead, 0);
+    input.destroy();
+    assert.deepEqual(await state(), before);
+    // In place, the same file is still replaced.
+    await sqliteEngine.restore(restoreReq(other, file, info.counts));
+    assert.deepEqual(snapshot(other), snapshot(src));
+  });
+
+  it('restores a new target into an empty (0-byte) file, keeping its mode', async () => {
+    const dir = await freshDir();
+    const src = join(dir, 'src.db');
+    makeDb(src);
+    const { file, info } = await dumpToFile(src);
+    const target = join(dir, 'placeholder.db');
+    await writeFile(target, '');
+    await chmod(target, 0o640);
+    const r = await sqliteEngine.restore(restoreReq(target, file, info.counts, { mode: 'new_target' }));
+    assert.deepEqual(compareCounts(info.counts, r.counts), []);
+    assert.deepEqual(snapshot(target), snapshot(src));
+    assert.equal((await stat(target)).mode & 0o7777, 0o640);
+  });
+
+  it('refuses a new target that appears while the input streams, leaving it as it is', async () => {
+    const dir = await freshDir();
+    const src = join(dir, 'src.db');
+    makeDb(src);
+    const { file, info } = await dumpToFile(src);
+    const tdir = await freshDir();
+    const target = join(tdir, 'late.db');
+    const input = Readable.from(
+      (async function* () {
+        let first = true;
+        for await (const c of createReadStream(file, { highWaterMark: 16 * 1024 })) {
+          yield c as Buffer;
+          if (first) await writeFile(target, 'written by someone else meanwhile');
+          first = false;
+        }
+      })(),
+      { objectMode: false },
+    );
+    await assert.rejects(sqliteEngine.restore(restoreReq(target, file, info.counts, { mode: 'new_target', input })), (e) => isErrorCode(e, 'target_not_empty') && e.message.includes(target));
+    assert.equal(await readFile(target, 'utf8'), 'written by someone else meanwhile');
+    assert.deepEqual(await readdir(tdir), ['late.db']);
   });
 
   it('refuses a selection naming a table that does not exist', async () => {

@@ -3,7 +3,7 @@
 // writes that file back (whole, or table by table for a partial backup).
 import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { ResourceSpec } from '../../domain/types.ts';
@@ -72,10 +72,36 @@ async function dump(req: DumpRequest): Promise<DumpOutput> {
   return { stream, artifactBase: 'database.sqlite', format: 'sqlite database file', info };
 }
 
+/**
+ * A new target must not hold a database already: a path that exists is more
+ * likely a typo than a wish to lose what is there. Absent, or an empty
+ * (0-byte) regular file, is fine; anything else (a non-empty file, a
+ * directory, a symlink) is refused with target_not_empty.
+ */
+async function requireFreshTarget(target: string): Promise<void> {
+  let st;
+  try {
+    st = await lstat(target);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException)?.code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return; // nothing there; mkdir reports a bad parent
+    throw new AppError('engine_failed', `The restore target ${target} cannot be checked: ${(err as Error).message}`, undefined, { cause: err });
+  }
+  if (st.isFile() && st.size === 0) return;
+  const what = st.isFile() ? `a file of ${st.size} bytes` : st.isDirectory() ? 'a directory' : st.isSymbolicLink() ? 'a symlink' : 'not a regular file';
+  throw new AppError(
+    'target_not_empty',
+    `The new target ${target} already exists (${what}); a new target must not exist or be an empty file, so nothing was written. Choose a new path, or restore in place.`,
+    { target },
+  );
+}
+
 async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const target = checkPath(req.target.connection);
   const signal = req.signal;
   if (signal.aborted) throw new AppError('cancelled');
+  // Before anything is written (not even the target's directory).
+  if (req.mode === 'new_target') await requireFreshTarget(target);
   await mkdir(dirname(target), { recursive: true });
   const temp = tempPathBeside(target);
   try {
@@ -92,6 +118,8 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
 
     const { counts } = await runTask('checkRestored', { path: temp, expected: req.expected }, signal);
     if (signal.aborted) throw new AppError('cancelled');
+    // Again just before the rename: something may have been put there while the input streamed.
+    if (req.mode === 'new_target') await requireFreshTarget(target);
     // The application must still be able to open its database: keep the old
     // file's mode and owner (new files get SQLite's usual 0644).
     const old = await stat(target).catch(() => null);
