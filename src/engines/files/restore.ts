@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { AppError } from '../../errors/index.ts';
-import { fsyncDir } from '../../platform/fs.ts';
+import { fsyncDir, syncFileSystem } from '../../platform/fs.ts';
 import { byteCompare } from './tree.ts';
 
 type TarHeader = tar.Header;
@@ -143,7 +143,7 @@ export async function extractInto(staging: string, input: Readable, signal: Abor
         // After chown, which clears set-id bits.
         await fh.chmod(meta.mode);
         await fh.utimes(meta.mtime, meta.mtime);
-        await fh.sync();
+        // No fsync per file: applyDirMeta flushes the whole file system once at the end.
       } finally {
         await fh.close();
       }
@@ -170,13 +170,13 @@ async function applyDirMeta(root: string, list: Extracted[], onlyExplicit = fals
   dirs.sort((a, b) => b.rel.split('/').length - a.rel.split('/').length);
   for (const d of dirs) {
     const abs = join(root, d.rel);
-    await fsyncDir(abs);
     if (d.implicit) continue;
     if (AS_ROOT) await chown(abs, d.uid, d.gid);
     await chmod(abs, d.mode);
     await utimes(abs, d.mtime, d.mtime);
   }
-  await fsyncDir(root);
+  // One syncfs for every file and directory written, before anything is renamed into view.
+  await syncFileSystem(root);
 }
 
 function isNotFound(err: unknown): boolean {
