@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { loadConfig, type Config } from '../src/config/index.ts';
-import { startServer, type Server } from '../src/main.ts';
+import { startServer } from '../src/main.ts';
 import { tempDir, waitFor, type Api } from './helpers.ts';
 import { s3Connection } from './s3-env.ts';
 

@@ -104,10 +104,6 @@ function med(s: SizeResult, op: string, variant: string, key: 'ms' | 'bytes' | '
   return median(xs);
 }
 
-function peak(s: SizeResult, op: string): number {
-  const xs = (s.ops[op]?.backvault ?? []).map((x) => x.rssKb ?? NaN);
-  return Math.max(...xs);
-}
 
 function timeTable(s: SizeResult): string[] {
   const out = [

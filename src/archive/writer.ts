@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { archiveArtifactPath, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { AppError } from '../errors/index.ts';
-import { BLOCK, END_OF_ARCHIVE_SIZE, paddingFor, ustarHeader } from './ustar.ts';
+import { END_OF_ARCHIVE_SIZE, paddingFor, ustarHeader } from './ustar.ts';
 
 export type OpenArtifact = (resource: ManifestResource, range?: { start: number; end?: number }) => Promise<Readable>;
 

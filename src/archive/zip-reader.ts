@@ -29,7 +29,6 @@ import { crc32 } from 'node:zlib';
 import yauzl from 'yauzl';
 import { archiveArtifactPath, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { AppError } from '../errors/index.ts';
-import { ChecksumVerifier } from '../platform/streams.ts';
 import { passArtifact, type ReadArchiveOptions } from './reader.ts';
 
 export interface ReadZipOptions extends ReadArchiveOptions {

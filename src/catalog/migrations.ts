@@ -1,7 +1,7 @@
 // Catalog migrations, in code so they ship with the server. Column types are
 // portable between SQLite and PostgreSQL (text, integer, bigint); JSON lives
 // in text columns.
-import { type Kysely, type Migration, type MigrationProvider, sql } from 'kysely';
+import { type Kysely, type Migration, type MigrationProvider } from 'kysely';
 
 const migrations: Record<string, Migration> = {
   '0001_initial': {
@@ -110,7 +110,6 @@ const migrations: Record<string, Migration> = {
         .addColumn('key', 'text', (c) => c.primaryKey())
         .addColumn('value', 'text', (c) => c.notNull())
         .execute();
-      void sql;
     },
   },
   '0002_policies_notifications': {

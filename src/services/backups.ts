@@ -1,8 +1,7 @@
 // Backups: create (a job), list, show, delete, cancel, files, download.
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import type { ServiceContext } from './context.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import type { BackupTable } from '../catalog/schema.ts';

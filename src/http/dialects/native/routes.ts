@@ -12,7 +12,6 @@ import * as backups from '../../../services/backups.ts';
 import * as restores from '../../../services/restores.ts';
 import * as imports from '../../../services/imports.ts';
 import { requestVerify } from '../../../services/verify.ts';
-import { bearerOf } from '../../auth.ts';
 import { sendDownload } from '../../download.ts';
 import { notificationRoutes } from './notifications.ts';
 import { policyRoutes } from './policies.ts';
@@ -360,7 +359,6 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
   await policyRoutes(app, ctx);
   await notificationRoutes(app, ctx);
   await storageRoutes(app, ctx);
-  void bearerOf;
 }
 
 function publicBase(ctx: ServiceContext, req: FastifyRequest): string {
