@@ -14,8 +14,9 @@ import Database from 'better-sqlite3';
 import type { ObjectCounts, ResourceSpec } from '../../domain/types.ts';
 import { compareCounts } from '../../domain/counts.ts';
 import { AppError, isErrorCode } from '../../errors/index.ts';
-import type { DumpInfo, RestoreRequest } from '../engine.ts';
-import { sqliteEngine } from './index.ts';
+import type { DumpInfo, RestoreReport, RestoreRequest } from '../engine.ts';
+import { type PausePoint, sqliteTestHooks } from './control.ts';
+import { LATE_CANCEL_WARNING, sqliteEngine } from './index.ts';
 
 const run = promisify(execFile);
 const never = new AbortController().signal;
@@ -540,32 +541,149 @@ describe('sqlite engine', () => {
     assert.ok(!(await readdir(dir)).some((f) => f.includes('.tmp-')));
   });
 
-  it('cancels a restore while SQLite works, leaving the target unchanged and unlocked', async () => {
+  /** A database with a table "big" of n rows and an empty "small"; dumps big, then deletes most of it, so a restore visibly changes the target. */
+  async function restoreFixture(rows: number): Promise<{ dir: string; src: string; file: string; info: DumpInfo; hash: string }> {
     const dir = await freshDir();
     const src = join(dir, 'big.db');
     const db = new Database(src);
     db.exec(`CREATE TABLE big (a, b); CREATE TABLE small (x);`);
-    db.prepare(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) INSERT INTO big SELECT i, randomblob(100) FROM n`).run();
+    db.prepare(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) INSERT INTO big SELECT i, randomblob(100) FROM n`).run(rows);
     db.close();
     const { file, info } = await dumpToFile(src, { selection: ['big'] });
-    const hash = await sha256File(src);
-    for (const delay of [50, 400, 800]) {
+    const d = new Database(src);
+    // VACUUM: no free pages, whose bytes a rolled-back transaction may leave
+    // changed, so an untouched target keeps its hash.
+    d.exec('DELETE FROM big WHERE a > 10; VACUUM');
+    d.close();
+    return { dir, src, file, info, hash: await sha256File(src) };
+  }
+
+  const bigRows = (path: string) => {
+    const db = new Database(path, { readonly: true });
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM big').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+
+  /** The target is as it was, holds no lock, and no temp file is left beside it. */
+  async function assertUntouched(f: { dir: string; src: string; hash: string }): Promise<void> {
+    assert.equal(await sha256File(f.src), f.hash);
+    const w = new Database(f.src, { timeout: 0 });
+    w.exec('BEGIN IMMEDIATE; INSERT INTO small VALUES (1); ROLLBACK;');
+    w.close();
+    assert.ok(!(await readdir(f.dir)).some((x) => x.includes('.tmp-')));
+  }
+
+  /** Runs fn with the test pause hook set, and always unsets it. */
+  async function withPause<T>(hook: (point: PausePoint) => void | Promise<void>, fn: () => Promise<T>): Promise<T> {
+    sqliteTestHooks.pause = hook;
+    try {
+      return await fn();
+    } finally {
+      delete sqliteTestHooks.pause;
+    }
+  }
+
+  const outcome = (p: Promise<RestoreReport>) => p.then((r) => r, (e: unknown) => (isErrorCode(e, 'cancelled') ? ('cancelled' as const) : Promise.reject(e)));
+
+  it('cancels a restore while SQLite works: cancelled changes nothing, done changed everything', async () => {
+    const f = await restoreFixture(300_000);
+    for (const delay of [50, 400, 800, 1500]) {
       const ac = new AbortController();
       const t = setTimeout(() => ac.abort(), delay);
-      const result = await sqliteEngine.restore(restoreReq(src, file, info.counts, { partial: true, signal: ac.signal })).then(
-        () => 'done',
-        (e: unknown) => (isErrorCode(e, 'cancelled') ? 'cancelled' : e),
-      );
+      const result = await outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true, signal: ac.signal })));
       clearTimeout(t);
-      if (result === 'done') continue; // finished before the abort: nothing to check
-      assert.equal(result, 'cancelled');
-      assert.equal(await sha256File(src), hash);
-      // No lock left behind by the terminated worker.
-      const w = new Database(src, { timeout: 0 });
-      w.exec('BEGIN IMMEDIATE; INSERT INTO small VALUES (1); ROLLBACK;');
-      w.close();
-      assert.ok(!(await readdir(dir)).some((f) => f.includes('.tmp-')));
+      if (result === 'cancelled') {
+        await assertUntouched(f);
+        continue;
+      }
+      // Whenever the cancel came, a restore reported done did happen, and says whether a cancel was ignored.
+      assert.equal(bigRows(f.src), 300_000);
+      assert.equal(result.warnings.includes(LATE_CANCEL_WARNING), ac.signal.aborted);
+      break; // the target is restored now; later rounds would find nothing to change
     }
+  });
+
+  it('a cancel just before the COMMIT of a partial restore cancels it, leaving the target unchanged and unlocked', async () => {
+    const f = await restoreFixture(1000);
+    const ac = new AbortController();
+    const seen: PausePoint[] = [];
+    const result = await withPause(
+      (point) => {
+        seen.push(point);
+        if (point === 'before-commit') ac.abort();
+      },
+      () => outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true, signal: ac.signal }))),
+    );
+    assert.equal(result, 'cancelled');
+    assert.deepEqual(seen, ['before-commit']);
+    await assertUntouched(f);
+  });
+
+  it('a cancel just after the COMMIT of a partial restore is ignored: reported restored, as it is', async () => {
+    const f = await restoreFixture(1000);
+    const ac = new AbortController();
+    const seen: PausePoint[] = [];
+    const result = await withPause(
+      (point) => {
+        seen.push(point);
+        if (point === 'after-commit') ac.abort();
+      },
+      () => outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true, signal: ac.signal }))),
+    );
+    assert.deepEqual(seen, ['before-commit', 'after-commit']);
+    assert.ok(result !== 'cancelled');
+    assert.deepEqual(result.counts.tables, { big: 1000 });
+    assert.ok(result.warnings.includes(LATE_CANCEL_WARNING));
+    assert.equal(bigRows(f.src), 1000);
+    assert.ok(!(await readdir(f.dir)).some((x) => x.includes('.tmp-')));
+  });
+
+  it('terminates a cancelled worker that does not stop by itself, before its COMMIT', async () => {
+    const f = await restoreFixture(1000);
+    const ac = new AbortController();
+    const result = await withPause(
+      (point) => {
+        if (point !== 'before-commit') return;
+        ac.abort();
+        return new Promise<void>(() => {}); // holds the worker inside its transaction for good
+      },
+      () => outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true, signal: ac.signal }))),
+    );
+    assert.equal(result, 'cancelled');
+    await assertUntouched(f);
+  });
+
+  it('a full restore is cancelled up to its rename, and not after it', async () => {
+    const f = await restoreFixture(1000);
+    const { file, info } = await dumpToFile(f.src); // the current, trimmed state
+    const before = new AbortController();
+    const r1 = await withPause(
+      (point) => {
+        if (point === 'before-rename') before.abort();
+      },
+      () => outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { signal: before.signal }))),
+    );
+    assert.equal(r1, 'cancelled');
+    await assertUntouched(f);
+
+    const late = new AbortController();
+    const r2 = await withPause(
+      (point) => {
+        if (point === 'after-rename') late.abort();
+      },
+      () => outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { signal: late.signal }))),
+    );
+    assert.ok(r2 !== 'cancelled');
+    assert.ok(r2.warnings.includes(LATE_CANCEL_WARNING));
+    assert.equal(bigRows(f.src), 1000);
+    assert.ok(!(await readdir(f.dir)).some((x) => x.includes('.tmp-')));
+    // Without a cancel, no such warning.
+    const r3 = await sqliteEngine.restore(restoreReq(f.src, file, info.counts));
+    assert.deepEqual(r3.warnings, []);
+    assert.equal(bigRows(f.src), 10);
   });
 
   it('dumps from the replica when asked to', async () => {

@@ -10,6 +10,7 @@ import type { ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
 import { fsyncDir, fsyncFile, tempPathBeside } from '../../platform/fs.ts';
 import type { DumpInfo, DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
+import { testPause } from './control.ts';
 import { runTask } from './offload.ts';
 
 /** Files SQLite keeps beside a database; a stale one would be applied to whatever file next has the database's name. */
@@ -96,6 +97,14 @@ async function requireFreshTarget(target: string): Promise<void> {
   );
 }
 
+/** Added to a restore's warnings when the cancel came after its point of no return. */
+export const LATE_CANCEL_WARNING = 'Cancellation was requested after the restore had become visible (committed or renamed into place); it was not cancelled and completed.';
+
+function report(counts: RestoreReport['counts'], warnings: string[], signal: AbortSignal): RestoreReport {
+  // Had the cancel come before the point of no return, the restore would have been cancelled.
+  return { counts, warnings: signal.aborted ? [...warnings, LATE_CANCEL_WARNING] : warnings };
+}
+
 async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const target = checkPath(req.target.connection);
   const signal = req.signal;
@@ -104,6 +113,9 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
   if (req.mode === 'new_target') await requireFreshTarget(target);
   await mkdir(dirname(target), { recursive: true });
   const temp = tempPathBeside(target);
+  // Set once the target is being changed (full restore): from then on the
+  // signal is ignored and no failure is reported as a cancel.
+  let committed = false;
   try {
     // The temp file sits beside the target so the final rename is atomic
     // (same file system). Nothing touches the target until the input has
@@ -112,8 +124,9 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     await fsyncFile(temp);
 
     if (req.partial && req.mode === 'in_place') {
+      // The worker commits atomically; a cancel after its COMMIT is ignored (offload.ts).
       const r = await runTask('replaceTables', { target, source: temp, expected: req.expected }, signal);
-      return { counts: r.counts, warnings: r.warnings };
+      return report(r.counts, r.warnings, signal);
     }
 
     const { counts } = await runTask('checkRestored', { path: temp, expected: req.expected }, signal);
@@ -125,15 +138,24 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     const old = await stat(target).catch(() => null);
     await chmod(temp, old ? old.mode & 0o7777 : 0o644);
     if (old && process.getuid?.() === 0) await chown(temp, old.uid, old.gid);
+    await testPause('before-rename');
+    // Point of no return: removing the old side files already changes the
+    // target, so the last cancel check is here and none comes after it.
+    if (signal.aborted) throw new AppError('cancelled');
+    committed = true;
     // Whole-file replacement. The application should be stopped (or reopen
     // the database afterwards): a process holding the old file open keeps
     // using the old inode. The old file's -wal/-shm/-journal go first: SQLite
     // would otherwise replay them into the new file and corrupt it.
     for (const s of SIDE_FILES) await rm(target + s, { force: true });
     await rename(temp, target);
+    await testPause('after-rename');
     await fsyncDir(dirname(target));
-    return { counts, warnings: [] };
+    return report(counts, [], signal);
   } catch (err) {
+    if (committed && !isAppError(err)) {
+      throw new AppError('engine_failed', `Replacing the SQLite database ${target} failed part-way (the target may already be replaced): ${(err as Error)?.message ?? String(err)}`, undefined, { cause: err });
+    }
     throw asAppError(err, signal, `Restoring the SQLite database ${target} failed`);
   } finally {
     // After a successful rename only the (absent) side files remain to remove.

@@ -2,12 +2,15 @@
 // integrity_check or row copy of a large database takes seconds to minutes, so
 // these functions run in a worker thread (see offload.ts) to keep the server's
 // event loop (HTTP, job heartbeats) responsive. They take and return plain
-// data only, because arguments and results cross the thread boundary.
+// data only, because arguments and results cross the thread boundary, and
+// a TaskControl (control.ts) through which they notice cancellation between
+// steps and claim the point of no return before anything becomes visible.
 import { rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { compareCounts } from '../../domain/counts.ts';
 import type { ObjectCounts, ObjectInfo } from '../../domain/types.ts';
 import { AppError } from '../../errors/index.ts';
+import { type TaskControl, uncancellable } from './control.ts';
 
 type DB = Database.Database;
 
@@ -85,7 +88,9 @@ export interface DumpCopyResult {
  * selection and checks it. dest must be a real file: the backup API writes
  * pages at random offsets, so it cannot write into a stream.
  */
-export async function dumpCopy(args: DumpCopyArgs): Promise<DumpCopyResult> {
+export async function dumpCopy(args: DumpCopyArgs, ctl: TaskControl = uncancellable): Promise<DumpCopyResult> {
+  // Writes only dest (and dest.full) in the caller's work directory, which the
+  // caller removes after a failure: cancellable throughout.
   const warnings: string[] = [];
   let src: DB;
   try {
@@ -108,14 +113,16 @@ export async function dumpCopy(args: DumpCopyArgs): Promise<DumpCopyResult> {
     src.close();
   }
 
+  ctl.checkpoint();
   if (snap !== args.dest) {
     try {
-      trimToSelection(snap, args, warnings);
+      trimToSelection(snap, args, warnings, ctl);
     } finally {
       for (const s of ['', '-wal', '-shm', '-journal']) rmSync(snap + s, { force: true });
     }
   }
 
+  ctl.checkpoint();
   const db = open(args.dest);
   try {
     const problems = integrityProblems(db, 'main');
@@ -131,7 +138,7 @@ export async function dumpCopy(args: DumpCopyArgs): Promise<DumpCopyResult> {
 }
 
 /** Drops from the snapshot the tables a partial dump leaves out, and writes the rest, compacted, to args.dest. */
-function trimToSelection(snap: string, args: DumpCopyArgs, warnings: string[]): void {
+function trimToSelection(snap: string, args: DumpCopyArgs, warnings: string[], ctl: TaskControl): void {
   const db = open(snap);
   try {
     const tables = userTables(db, 'main');
@@ -162,6 +169,7 @@ function trimToSelection(snap: string, args: DumpCopyArgs, warnings: string[]): 
       // are inert until fired, and a partial in-place restore recreates
       // kept tables with their triggers, which must not silently vanish.
     })();
+    ctl.checkpoint();
     // VACUUM INTO writes only live pages, so neither the dropped tables'
     // data nor their space reach the artifact. Plain VACUUM would renumber
     // the rowids of tables without an INTEGER PRIMARY KEY; VACUUM INTO keeps them.
@@ -195,7 +203,7 @@ export interface CheckRestoredArgs {
 }
 
 /** Checks a restored file before it replaces anything: integrity, then counts against the manifest. */
-export function checkRestored(args: CheckRestoredArgs): { counts: ObjectCounts } {
+export function checkRestored(args: CheckRestoredArgs, ctl: TaskControl = uncancellable): { counts: ObjectCounts } {
   let db: DB;
   try {
     db = open(args.path);
@@ -215,6 +223,7 @@ export function checkRestored(args: CheckRestoredArgs): { counts: ObjectCounts }
         problems: problems.slice(0, 20),
       });
     }
+    ctl.checkpoint();
     const counts: ObjectCounts = { tables: countTables(db, 'main') };
     assertCounts(args.expected, counts);
     return { counts };
@@ -242,9 +251,14 @@ export interface ReplaceTablesArgs {
  * Partial in-place restore: replaces each table the backup holds (schema,
  * indexes, triggers, rows) in one transaction and leaves every other table
  * alone. Either all of them are replaced or, on any error, none.
+ *
+ * The COMMIT is the point of no return: a cancel before it rolls everything
+ * back; once claimed (ctl.pointOfNoReturn) the task runs to its end and
+ * reports success, however late a cancel arrives.
  */
-export function replaceTables(args: ReplaceTablesArgs): { counts: ObjectCounts; warnings: string[] } {
-  checkRestored({ path: args.source, expected: args.expected });
+export function replaceTables(args: ReplaceTablesArgs, ctl: TaskControl = uncancellable): { counts: ObjectCounts; warnings: string[] } {
+  checkRestored({ path: args.source, expected: args.expected }, ctl);
+  ctl.checkpoint();
   const warnings: string[] = [];
   const db = open(args.target, { fileMustExist: false });
   try {
@@ -264,6 +278,7 @@ export function replaceTables(args: ReplaceTablesArgs): { counts: ObjectCounts; 
       const run = db.transaction(() => {
         const mainByLower = new Map(tableList(db, 'main').map((t) => [t.name.toLowerCase(), t]));
         for (const t of bkTables) {
+          ctl.checkpoint();
           const existing = mainByLower.get(t.name.toLowerCase());
           if (existing) db.exec(`DROP ${existing.type === 'view' ? 'VIEW' : 'TABLE'} main.${quoteIdent(existing.name)}`);
           const schemaRows = db
@@ -289,13 +304,20 @@ export function replaceTables(args: ReplaceTablesArgs): { counts: ObjectCounts; 
           // per-row updates, and triggers must not fire for restored rows.
           for (const r of schemaRows) if (r.type !== 'table') db.exec(r.sql);
         }
+        ctl.checkpoint();
         const counts: ObjectCounts = { tables: countTables(db, 'main', replaced) };
         assertCounts(args.expected, counts);
+        ctl.testPause('before-commit');
+        // Last moment a cancel can win: it throws here and the transaction
+        // rolls back. Once this returns, the main thread no longer cancels.
+        ctl.pointOfNoReturn();
         return counts;
       });
       // IMMEDIATE takes the write lock first, so a concurrent writer cannot
       // make the transaction fail half-way with SQLITE_BUSY.
       const counts = run.immediate();
+      // Committed: from here on no cancel checks; the report must say it happened.
+      ctl.testPause('after-commit');
       for (const name of replaced) {
         const bad = db.pragma(`main.foreign_key_check(${quoteIdent(name)})`) as unknown[];
         if (bad.length > 0) warnings.push(`table ${name}: ${bad.length} rows reference rows missing from the tables this backup did not include`);
@@ -338,7 +360,7 @@ export interface ListObjectsArgs {
   path: string;
 }
 
-export function listObjects(args: ListObjectsArgs): ObjectInfo[] {
+export function listObjects(args: ListObjectsArgs, _ctl: TaskControl = uncancellable): ObjectInfo[] {
   let db: DB;
   try {
     db = open(args.path, { readonly: true });
