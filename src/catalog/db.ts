@@ -6,6 +6,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Database as Schema } from './schema.ts';
 import { migrationProvider } from './migrations.ts';
+import { withStatementCache } from './statement-cache.ts';
 
 export type CatalogDb = Kysely<Schema>;
 
@@ -17,7 +18,8 @@ export async function openCatalog(path: string): Promise<CatalogDb> {
   sqlite.pragma('synchronous = NORMAL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
-  const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database: sqlite }) });
+  // Kysely's SQLite driver prepares every query afresh; the cache reuses statements per SQL text.
+  const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
   const migrator = new Migrator({ db, provider: migrationProvider });
   const { error, results } = await migrator.migrateToLatest();
   if (error) {

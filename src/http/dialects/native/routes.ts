@@ -1,10 +1,11 @@
 // The native dialect, /api/v1: thin handlers that validate a small form (the
 // schemas, which also generate the OpenAPI document) and call one service.
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { AppError } from '../../../errors/index.ts';
 import { COMPRESSIONS, NAME_PATTERN, RESOURCE_TYPES, BACKUP_STATUSES } from '../../../domain/types.ts';
+import { ManifestResourceSchema } from '../../../domain/manifest.ts';
 import type { ServiceContext } from '../../../services/context.ts';
 import * as auth from '../../../services/auth.ts';
 import * as instances from '../../../services/instances.ts';
@@ -38,6 +39,59 @@ const ErrorSchema = Type.Object({
 function page<T>(items: T[], total: number, p: number, perPage: number) {
   return { items, pagination: { page: p, per_page: perPage, total, pages: Math.max(1, Math.ceil(total / perPage)) } };
 }
+
+// Response schemas of BackupView (src/services/views.ts): fast-json-stringify
+// serializes with them, and it drops what a schema does not name, so every
+// field is here. Nullable fields use OpenAPI 3.0's `nullable` and enums plain
+// strings: an anyOf would make the serializer validate each value first.
+const Nullable = <T extends TSchema>(schema: T) => Type.Unsafe<Static<T> | null>({ ...schema, nullable: true });
+const NullableString = Nullable(Type.String());
+const BackupResourceView = Type.Object({
+  ...ManifestResourceSchema.properties,
+  type: Type.String(),
+  compression: Type.String(),
+  selection: Nullable(Type.Array(Type.String())),
+});
+const BackupView = Type.Object({
+  id: Type.String(),
+  instance: Type.String(),
+  type: Type.String({ description: 'full or partial' }),
+  origin: Type.String(),
+  label: NullableString,
+  description: NullableString,
+  status: Type.String(),
+  status_info: NullableString,
+  size: Type.Integer(),
+  compression: Type.String(),
+  selection: Nullable(Type.Record(Type.String(), Nullable(Type.Array(Type.String())))),
+  exclude: Nullable(Type.Record(Type.String(), Type.Array(Type.String()))),
+  policy_id: NullableString,
+  created_at: Type.String(),
+  updated_at: Type.String(),
+  started_at: NullableString,
+  finished_at: NullableString,
+  verify_status: NullableString,
+  verify_result: Type.Unknown({ description: 'the last restore drill (any JSON), or null' }),
+  resources: Type.Array(BackupResourceView),
+  progress: Nullable(
+    Type.Object(
+      {
+        phase: Type.String(),
+        resource: Type.Optional(Type.String()),
+        resources_done: Type.Integer(),
+        resources_total: Type.Integer(),
+        bytes_done: Type.Optional(Type.Integer()),
+      },
+      { additionalProperties: true },
+    ),
+  ),
+  copies: Type.Array(Type.Object({ destination: Type.String(), status: Type.String(), status_info: NullableString, size: Type.Integer() })),
+  links: Type.Object({ self: Type.String(), download: Type.String() }),
+});
+const BackupListView = Type.Object({
+  items: Type.Array(BackupView),
+  pagination: Type.Object({ page: Type.Integer(), per_page: Type.Integer(), total: Type.Integer(), pages: Type.Integer() }),
+});
 
 const CreateBackupBody = Type.Object(
   {
@@ -208,16 +262,16 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
     { schema: { tags: ['backups'], summary: 'Start a backup (202; poll the backup until success or error)', params: InstanceParams, body: CreateBackupBody } },
     async (req, reply) => reply.code(202).send(await backups.createBackup(ctx, req.params.instance, req.body as Static<typeof CreateBackupBody>)),
   );
-  r.get('/instances/:instance/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], params: InstanceParams, querystring: BackupListQuery } }, async (req) => {
+  r.get('/instances/:instance/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], params: InstanceParams, querystring: BackupListQuery, response: { 200: BackupListView, ...errors } } }, async (req) => {
     const { items, total } = await backups.listBackups(ctx, { instance: req.params.instance, status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page });
     return page(items, total, req.query.page, req.query.per_page);
   });
-  r.get('/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], querystring: BackupListQuery } }, async (req) => {
+  r.get('/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], querystring: BackupListQuery, response: { 200: BackupListView, ...errors } } }, async (req) => {
     const { items, total } = await backups.listBackups(ctx, { status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page });
     return page(items, total, req.query.page, req.query.per_page);
   });
   const BackupParams = Type.Object({ id: Id });
-  r.get('/backups/:id', { config: { auth: 'read' }, schema: { tags: ['backups'], params: BackupParams } }, async (req) => backups.getBackup(ctx, req.params.id));
+  r.get('/backups/:id', { config: { auth: 'read' }, schema: { tags: ['backups'], params: BackupParams, response: { 200: BackupView, ...errors } } }, async (req) => backups.getBackup(ctx, req.params.id));
   r.delete('/backups/:id', { schema: { tags: ['backups'], params: BackupParams } }, async (req, reply) => {
     await backups.deleteBackup(ctx, req.params.id);
     return reply.code(204).send();
