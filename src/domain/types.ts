@@ -3,6 +3,9 @@
 export const RESOURCE_TYPES = ['postgres', 'mysql', 'redis', 'sqlite', 'files'] as const;
 export type ResourceType = (typeof RESOURCE_TYPES)[number];
 
+/** The order resources are dumped and restored in: databases first, files (least consistent, often largest) last. */
+export const RESOURCE_ORDER: Record<ResourceType, number> = { postgres: 0, mysql: 1, redis: 2, sqlite: 3, files: 4 };
+
 export const COMPRESSIONS = ['zstd', 'gzip', 'none'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
 

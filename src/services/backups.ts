@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import type { ServiceContext } from './context.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import type { BackupTable } from '../catalog/schema.ts';
-import type { Compression, Exclusion, Progress, ResourceType, Selection } from '../domain/types.ts';
+import { RESOURCE_ORDER, type Compression, type Exclusion, type Progress, type ResourceType, type Selection } from '../domain/types.ts';
 import { MANIFEST_FORMAT, artifactKey, compressionExtension, manifestKey, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { compressor, HashCounter } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
@@ -22,9 +22,6 @@ import { encryptExport, encryptedExportSize } from '../storage/encrypted.ts';
 import { readAll } from '../platform/read-all.ts';
 
 export const BACKVAULT_VERSION = '0.1.0';
-
-/** Databases first, then files: files are the least consistent and most often large. */
-const TYPE_ORDER: Record<ResourceType, number> = { postgres: 0, mysql: 1, redis: 2, sqlite: 3, files: 4 };
 
 export interface CreateBackupInput {
   type: 'full' | 'partial';
@@ -310,7 +307,7 @@ export async function runBackup(ctx: ServiceContext, job: Job, signal: AbortSign
   const exclude = row.exclude === null ? {} : (JSON.parse(row.exclude) as Exclusion);
   const all = await listResourceRows(ctx, row.instance);
   const chosen = (selection === null ? all : all.filter((r) => r.name in selection)).sort(
-    (a, b) => TYPE_ORDER[a.type as ResourceType] - TYPE_ORDER[b.type as ResourceType] || a.name.localeCompare(b.name),
+    (a, b) => RESOURCE_ORDER[a.type as ResourceType] - RESOURCE_ORDER[b.type as ResourceType] || a.name.localeCompare(b.name),
   );
   if (selection !== null) {
     const missing = Object.keys(selection).filter((n) => !chosen.some((r) => r.name === n));

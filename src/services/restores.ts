@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ServiceContext } from './context.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import type { RestoreTable } from '../catalog/schema.ts';
-import type { ResourceSpec, ResourceType } from '../domain/types.ts';
+import { RESOURCE_ORDER, type ResourceSpec } from '../domain/types.ts';
 import { artifactKey, type ManifestResource } from '../domain/manifest.ts';
 import { compareCounts } from '../domain/counts.ts';
 import { maskConnection } from '../domain/mask.ts';
@@ -23,7 +23,6 @@ import type { Engine, RestoreReport } from '../engines/engine.ts';
 import type { Storage } from '../storage/storage.ts';
 import { fromAnyCopy } from './copies.ts';
 
-const TYPE_ORDER: Record<ResourceType, number> = { postgres: 0, mysql: 1, redis: 2, sqlite: 3, files: 4 };
 const ACTIVE = ['scheduled', 'running', 'uploading'];
 
 export interface CreateRestoreInput {
@@ -202,7 +201,7 @@ export async function runRestore(ctx: ServiceContext, job: Job, signal: AbortSig
   const targets: Record<string, RestoreTarget> = row.targets ? (JSON.parse(row.targets) as Record<string, RestoreTarget>) : {};
   const entries = manifest.resources
     .filter((r) => chosenNames.includes(r.name))
-    .sort((a, b) => TYPE_ORDER[a.type] - TYPE_ORDER[b.type] || a.name.localeCompare(b.name));
+    .sort((a, b) => RESOURCE_ORDER[a.type] - RESOURCE_ORDER[b.type] || a.name.localeCompare(b.name));
   const current = await listResourceRows(ctx, row.instance);
   const workDir = join(workPath(ctx.config), job.id);
   await mkdir(workDir, { recursive: true });
