@@ -13,11 +13,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { loadConfig, type Config } from '../src/config/index.ts';
 import { startServer } from '../src/main.ts';
 import { tempDir, waitFor, type Api } from './helpers.ts';
-import { s3Connection } from './s3-env.ts';
+import { s3Connection, s3AdminClient } from './s3-env.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -314,14 +314,7 @@ describe('catalog rebuild from local storage', () => {
 test('catalog rebuild on a new machine with only the S3 bucket', async (t) => {
   const conn = s3Connection();
   const bucket = `bv-rebuild-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-  const admin = new S3Client({
-    endpoint: conn.endpoint,
-    region: conn.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: conn.accessKeyId, secretAccessKey: conn.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = s3AdminClient(conn);
   await admin.send(new CreateBucketCommand({ Bucket: bucket }));
   const work = await tempDir('bv-rebuild-s3-');
   t.after(async () => {

@@ -18,7 +18,6 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   ListObjectsV2Command,
-  S3Client,
 } from '@aws-sdk/client-s3';
 import { loadConfig, type Config } from '../src/config/index.ts';
 import { isErrorCode } from '../src/errors/index.ts';
@@ -28,7 +27,7 @@ import { encryptExport, EncryptedStorage, openKeyring } from '../src/storage/enc
 import { readAll, runStorageContract } from '../src/storage/contract.ts';
 import { S3Storage } from '../src/storage/s3.ts';
 import { parseKeyFile } from '../src/platform/keys.ts';
-import { s3Connection } from './s3-env.ts';
+import { s3Connection, s3AdminClient } from './s3-env.ts';
 import { startTestServer, tempDir, TestClock, waitFor, type Api } from './helpers.ts';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -228,14 +227,7 @@ test('encrypted local storage: ciphertext at rest, plain downloads, restore, tam
 describe('encryption on S3 (radosgw)', () => {
   const conn = s3Connection();
   const bucket = `bv-enc-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-  const admin = new S3Client({
-    endpoint: conn.endpoint,
-    region: conn.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: conn.accessKeyId, secretAccessKey: conn.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = s3AdminClient(conn);
   const made = admin.send(new CreateBucketCommand({ Bucket: bucket }));
   const listKeys = async (prefix: string) => {
     const out = await admin.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }));

@@ -3,6 +3,7 @@
 // is run (idempotent: fast when the cluster is already up). A server that
 // cannot be reached is an error, never a skipped test.
 import { spawnSync } from 'node:child_process';
+import { S3Client } from '@aws-sdk/client-s3';
 import { resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -37,4 +38,16 @@ export function s3Connection(): Conn {
     region: env.S3_REGION || 'us-east-1',
   };
   return cached;
+}
+
+/** A client for test setup (buckets, listings), with the settings radosgw 16 needs. */
+export function s3AdminClient(conn: Conn = s3Connection()): S3Client {
+  return new S3Client({
+    endpoint: conn.endpoint,
+    region: conn.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: conn.accessKeyId, secretAccessKey: conn.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
 }

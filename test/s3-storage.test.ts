@@ -6,21 +6,14 @@ import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { CreateBucketCommand, ListObjectsV2Command, S3Client, DeleteObjectCommand, DeleteBucketCommand } from '@aws-sdk/client-s3';
-import { s3Connection } from './s3-env.ts';
+import { CreateBucketCommand, ListObjectsV2Command, DeleteObjectCommand, DeleteBucketCommand } from '@aws-sdk/client-s3';
+import { s3Connection, s3AdminClient } from './s3-env.ts';
 import { startTestServer, tempDir, waitFor } from './helpers.ts';
 
 test('backups on S3 storage: backup, list objects in the bucket, download, restore', async (t) => {
   const conn = s3Connection();
   const bucket = `bv-e2e-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-  const admin = new S3Client({
-    endpoint: conn.endpoint,
-    region: conn.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: conn.accessKeyId, secretAccessKey: conn.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = s3AdminClient(conn);
   await admin.send(new CreateBucketCommand({ Bucket: bucket }));
   const server = await startTestServer({
     storage: `s3://${bucket}/backvault`,

@@ -4,7 +4,7 @@
 // already up). S3 that cannot be reached fails these tests; it never skips
 // them. Each run works in its own bucket, deleted at the end.
 import assert from 'node:assert/strict';
-import { s3Connection as connection, type Conn } from '../../test/s3-env.ts';
+import { s3Connection as connection, type Conn, s3AdminClient } from '../../test/s3-env.ts';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -38,14 +38,7 @@ let readyPromise: Promise<Conn> | undefined;
 function ready(): Promise<Conn> {
   readyPromise ??= (async () => {
     const conn = connection();
-    admin = new S3Client({
-      endpoint: conn.endpoint,
-      region: conn.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: conn.accessKeyId, secretAccessKey: conn.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    });
+    admin = s3AdminClient(conn);
     await admin.send(new CreateBucketCommand({ Bucket: bucket }));
     return conn;
   })();
