@@ -2,7 +2,7 @@
 // progress is a bar on stderr; otherwise (logs, CI) a line per change, so the
 // output stays readable when it is not a screen.
 import cliProgress from 'cli-progress';
-import type { Progress } from '../domain/types.ts';
+import { ACTIVE_STATUSES, type Progress } from '../domain/types.ts';
 import { bytes, type Out } from './format.ts';
 
 export interface JobState {
@@ -11,7 +11,7 @@ export interface JobState {
   progress?: Progress | null;
 }
 
-const RUNNING = new Set(['scheduled', 'running', 'uploading']);
+const RUNNING = new Set<string>(ACTIVE_STATUSES);
 
 export function isRunning(status: string | null): boolean {
   return status !== null && RUNNING.has(status);

@@ -11,6 +11,11 @@ export type Compression = (typeof COMPRESSIONS)[number];
 
 export const BACKUP_STATUSES = ['scheduled', 'running', 'uploading', 'success', 'error'] as const;
 export type BackupStatus = (typeof BACKUP_STATUSES)[number];
+/** The statuses of a backup or restore that has not ended yet: a job holds or waits for it. */
+export const ACTIVE_STATUSES: readonly BackupStatus[] = ['scheduled', 'running', 'uploading'];
+export function isActiveStatus(status: string): boolean {
+  return (ACTIVE_STATUSES as readonly string[]).includes(status);
+}
 export type RestoreStatus = BackupStatus;
 export type VerifyStatus = 'scheduled' | 'running' | 'success' | 'error';
 

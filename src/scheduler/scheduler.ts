@@ -9,6 +9,7 @@
 // daylight-saving day happens exactly once (shifted when 02:30 does not exist).
 // All time comes from ctx.clock, so tests drive it and call tick().
 import type { ServiceContext } from '../services/context.ts';
+import { ACTIVE_STATUSES } from '../domain/types.ts';
 import type { PolicyTable } from '../catalog/schema.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import { newId } from '../platform/ids.ts';
@@ -96,7 +97,7 @@ export class Scheduler {
         .selectFrom('backups')
         .select('id')
         .where('policy_id', '=', policy.id)
-        .where('status', 'in', ['scheduled', 'running', 'uploading'])
+        .where('status', 'in', ACTIVE_STATUSES)
         .limit(1)
         .executeTakeFirst();
       if (active) {

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import type { ServiceContext } from './context.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import type { BackupTable } from '../catalog/schema.ts';
-import { RESOURCE_ORDER, type Compression, type Exclusion, type Progress, type ResourceType, type Selection } from '../domain/types.ts';
+import { ACTIVE_STATUSES as ACTIVE, RESOURCE_ORDER, isActiveStatus, type Compression, type Exclusion, type Progress, type ResourceType, type Selection } from '../domain/types.ts';
 import { MANIFEST_FORMAT, artifactKey, compressionExtension, manifestKey, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { compressor, HashCounter } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
@@ -142,11 +142,10 @@ export async function listBackups(ctx: ServiceContext, f: BackupFilter): Promise
   return { items: rows.map((r) => backupView(r, copies.get(r.id))), total: Number(total.n) };
 }
 
-const ACTIVE = ['scheduled', 'running', 'uploading'];
 
 /** Throws backup_in_use when a job works on or reads the backup. */
 async function assertNotInUse(ctx: ServiceContext, row: BackupTable): Promise<void> {
-  if (ACTIVE.includes(row.status)) throw new AppError('backup_in_use', 'The backup is still being made; cancel it first.');
+  if (isActiveStatus(row.status)) throw new AppError('backup_in_use', 'The backup is still being made; cancel it first.');
   if (row.verify_status === 'scheduled' || row.verify_status === 'running') throw new AppError('backup_in_use', 'A restore drill of this backup is running.');
   const restore = await ctx.db.selectFrom('restores').select('id').where('backup_id', '=', row.id).where('status', 'in', ACTIVE).limit(1).executeTakeFirst();
   if (restore) throw new AppError('backup_in_use', `Restore ${restore.id} is using this backup.`, { restore: restore.id });
@@ -161,7 +160,7 @@ export async function deleteBackup(ctx: ServiceContext, id: string): Promise<voi
 
 export async function cancelBackup(ctx: ServiceContext, id: string): Promise<BackupView> {
   const row = await getBackupRow(ctx, id);
-  if (!ACTIVE.includes(row.status)) throw new AppError('not_cancellable', `The backup has already ended with status ${row.status}.`);
+  if (!isActiveStatus(row.status)) throw new AppError('not_cancellable', `The backup has already ended with status ${row.status}.`);
   const jobs = await ctx.jobs.activeForSubject(id);
   for (const job of jobs) {
     const outcome = await ctx.jobs.requestCancel(job.id);

@@ -2,7 +2,7 @@
 import type { ServiceContext } from './context.ts';
 import { AppError } from '../errors/index.ts';
 import { maskConnection } from '../domain/mask.ts';
-import type { ResourceSpec, ResourceType, ObjectInfo } from '../domain/types.ts';
+import { ACTIVE_STATUSES, type ResourceSpec, type ResourceType, type ObjectInfo } from '../domain/types.ts';
 import type { InstanceTable, ResourceTable } from '../catalog/schema.ts';
 
 export interface InstanceView {
@@ -88,6 +88,14 @@ export async function deleteInstance(ctx: ServiceContext, name: string, force: b
   await ctx.db.deleteFrom('restores').where('instance', '=', name).execute();
   await ctx.db.deleteFrom('resources').where('instance', '=', name).execute();
   await ctx.db.deleteFrom('instances').where('name', '=', name).execute();
+}
+
+/** True while a backup, restore or import of the instance waits or runs. */
+export async function isInstanceBusy(ctx: ServiceContext, instance: string): Promise<boolean> {
+  const backup = await ctx.db.selectFrom('backups').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
+  if (backup) return true;
+  const restore = await ctx.db.selectFrom('restores').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
+  return restore !== undefined;
 }
 
 export async function getResourceRow(ctx: ServiceContext, instance: string, name: string): Promise<ResourceTable> {

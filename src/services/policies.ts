@@ -6,7 +6,7 @@ import { Cron } from 'croner';
 import type { ServiceContext } from './context.ts';
 import { AppError } from '../errors/index.ts';
 import type { PolicyTable } from '../catalog/schema.ts';
-import type { Compression, Exclusion, Selection } from '../domain/types.ts';
+import { ACTIVE_STATUSES, type Compression, type Exclusion, type Selection } from '../domain/types.ts';
 import { applyRetention, hasRules, type RetentionDecision, type RetentionRules } from '../domain/retention.ts';
 import { newId } from '../platform/ids.ts';
 import { createBackup, deleteBackup } from './backups.ts';
@@ -373,7 +373,7 @@ async function applyPerDestination(ctx: ServiceContext, policyId: string, perDes
 
 /** A copy may go unless a job reads the backup right now. */
 async function assertCopyRemovable(ctx: ServiceContext, backupId: string): Promise<void> {
-  const busy = await ctx.db.selectFrom('restores').select('id').where('backup_id', '=', backupId).where('status', 'in', ['scheduled', 'running', 'uploading']).executeTakeFirst();
+  const busy = await ctx.db.selectFrom('restores').select('id').where('backup_id', '=', backupId).where('status', 'in', ACTIVE_STATUSES).executeTakeFirst();
   const row = await ctx.db.selectFrom('backups').select(['verify_status']).where('id', '=', backupId).executeTakeFirst();
   if (busy || row?.verify_status === 'scheduled' || row?.verify_status === 'running') throw new AppError('backup_in_use');
 }

@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ServiceContext } from './context.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import type { RestoreTable } from '../catalog/schema.ts';
-import { RESOURCE_ORDER, type ResourceSpec } from '../domain/types.ts';
+import { ACTIVE_STATUSES as ACTIVE, RESOURCE_ORDER, type ResourceSpec } from '../domain/types.ts';
 import { artifactKey, type ManifestResource } from '../domain/manifest.ts';
 import { compareCounts } from '../domain/counts.ts';
 import { maskConnection } from '../domain/mask.ts';
@@ -23,7 +23,6 @@ import type { Engine, RestoreReport } from '../engines/engine.ts';
 import type { Storage } from '../storage/storage.ts';
 import { fromAnyCopy } from './copies.ts';
 
-const ACTIVE = ['scheduled', 'running', 'uploading'];
 
 export interface CreateRestoreInput {
   backup: string;

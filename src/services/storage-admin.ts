@@ -13,6 +13,7 @@
 import { lstat, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ServiceContext } from './context.ts';
+import { ACTIVE_STATUSES, isActiveStatus } from '../domain/types.ts';
 import type { BackupTable } from '../catalog/schema.ts';
 import { AppError } from '../errors/index.ts';
 import { artifactKey, manifestKey, manifestProblems, type Manifest } from '../domain/manifest.ts';
@@ -27,7 +28,6 @@ export type AdminDeps = Pick<ServiceContext, 'db' | 'storage' | 'clock'>;
 export const DEFAULT_DESTINATION = 'default';
 
 const PREFIX = 'backups/';
-const IN_PROGRESS = ['scheduled', 'running', 'uploading'];
 const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 /** Keys listed per report entry; the counts cover the rest. */
 const MAX_KEYS_SHOWN = 20;
@@ -474,7 +474,7 @@ async function runCheck(ctx: AdminDeps & { config?: ServiceContext['config'] }, 
 
   for (const dir of scan.dirs.values()) {
     const row = byId.get(dir.id);
-    if (row && (IN_PROGRESS.includes(row.status) || (row.status !== 'success' && busy.has(dir.id)))) {
+    if (row && (isActiveStatus(row.status) || (row.status !== 'success' && busy.has(dir.id)))) {
       inProgress.push({ backup_id: dir.id, instance: row.instance, status: row.status, objects: dir.objects.length, bytes: sum(dir.objects) });
       continue;
     }
@@ -537,7 +537,7 @@ async function runCheck(ctx: AdminDeps & { config?: ServiceContext['config'] }, 
     // File times are wall-clock times, whatever clock the services run on.
     const temps = await scanTemp(tempDir, Date.now());
     if (temps.length > 0) {
-      const anyInProgress = rows.some((r) => IN_PROGRESS.includes(r.status));
+      const anyInProgress = rows.some((r) => isActiveStatus(r.status));
       const allOld = temps.every((t) => t.old);
       const removable = !anyInProgress && allOld;
       const reason = removable
@@ -597,7 +597,7 @@ async function runCheck(ctx: AdminDeps & { config?: ServiceContext['config'] }, 
 /** Looks at the catalog again right before removing: a backup may have started, ended or been adopted since the listing. */
 async function stillRemovable(ctx: AdminDeps, w: OrphanWork): Promise<boolean> {
   if (w.entry.kind === 'temp') {
-    const active = await ctx.db.selectFrom('backups').select('id').where('status', 'in', IN_PROGRESS).limit(1).executeTakeFirst();
+    const active = await ctx.db.selectFrom('backups').select('id').where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
     return !active;
   }
   const id = w.entry.backup_id;

@@ -2,7 +2,7 @@
 import type { BackupTable, RestoreTable } from '../catalog/schema.ts';
 import type { ManifestResource } from '../domain/manifest.ts';
 import { maskConnection } from '../domain/mask.ts';
-import type { Progress } from '../domain/types.ts';
+import { isActiveStatus, type Progress } from '../domain/types.ts';
 
 export interface BackupView {
   id: string;
@@ -36,7 +36,7 @@ function parse<T>(text: string | null): T | null {
 }
 
 export function backupView(row: BackupTable, copies: BackupView['copies'] = []): BackupView {
-  const running = row.status === 'running' || row.status === 'uploading' || row.status === 'scheduled';
+  const running = isActiveStatus(row.status);
   return {
     id: row.id,
     instance: row.instance,
@@ -87,7 +87,7 @@ export interface RestoreView {
 
 export function restoreView(row: RestoreTable): RestoreView {
   const targets = parse<Record<string, RestoreTarget>>(row.targets);
-  const running = row.status === 'running' || row.status === 'uploading' || row.status === 'scheduled';
+  const running = isActiveStatus(row.status);
   return {
     id: row.id,
     instance: row.instance,

@@ -11,9 +11,9 @@ import { artifactKey, manifestKey } from '../../../domain/manifest.ts';
 import type { ServiceContext } from '../../../services/context.ts';
 import * as auth from '../../../services/auth.ts';
 import * as backups from '../../../services/backups.ts';
-import { listRestores, createRestore } from '../../../services/restores.ts';
+import { createRestore } from '../../../services/restores.ts';
 import { importUpload } from '../../../services/imports.ts';
-import { getInstanceRow } from '../../../services/instances.ts';
+import { getInstanceRow, isInstanceBusy } from '../../../services/instances.ts';
 import type { BackupView } from '../../../services/views.ts';
 import { workPath } from '../../../config/index.ts';
 import { exchangeZipSize, writeExchangeZip } from '../../../archive/zip-writer.ts';
@@ -27,7 +27,6 @@ import { instanceOf, type PbAuth } from './request.ts';
 const SUPERUSERS_ID = 'pbc_3142635823';
 /** PocketBase's file tokens live 3 minutes; a download only needs it to start. */
 const FILE_TOKEN_TTL_SECONDS = 180;
-const ACTIVE = ['scheduled', 'running', 'uploading'];
 
 // auth 'none': the server-wide hook stays out, this dialect authenticates itself. hide: the OpenAPI
 // document describes the native API only.
@@ -49,10 +48,7 @@ function withFields(req: FastifyRequest, value: unknown): unknown {
 
 /** PocketBase refuses a backup or restore while another one of the app waits or runs. */
 async function assertIdle(ctx: ServiceContext, instance: string): Promise<void> {
-  for (const status of ACTIVE) {
-    if ((await backups.listBackups(ctx, { instance, status, page: 1, perPage: 1 })).total > 0) throw busy();
-    if ((await listRestores(ctx, instance, 1, 1, status)).total > 0) throw busy();
-  }
+  if (await isInstanceBusy(ctx, instance)) throw busy();
 }
 
 /** Stops waiting (the job goes on) when the client goes away before the answer. */
