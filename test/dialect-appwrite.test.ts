@@ -106,6 +106,18 @@ function assertRestorationShape(r: any): void {
   JSON.parse(r.options);
 }
 
+
+/** Polls an archive or restoration until Appwrite's status words say it ended. */
+async function waitEnd<T extends { status: string }>(get: () => Promise<T>, what: string, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const v = await get();
+    if (v.status === 'completed' || v.status === 'failed') return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what} did not end`);
+}
+
 describe('Appwrite dialect (node-appwrite SDK)', () => {
   let t: TestServer;
   let work: { path: string; cleanup(): Promise<void> };
@@ -119,22 +131,8 @@ describe('Appwrite dialect (node-appwrite SDK)', () => {
   let dbArchive: string;
   let filesArchive: string;
 
-  const waitArchive = async (id: string) => {
-    for (let i = 0; i < 1200; i++) {
-      const a = await admin.getArchive({ archiveId: id });
-      if (a.status === 'completed' || a.status === 'failed') return a;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error(`archive ${id} did not end`);
-  };
-  const waitRestoration = async (id: string) => {
-    for (let i = 0; i < 1200; i++) {
-      const r = await admin.getRestoration({ restorationId: id });
-      if (r.status === 'completed' || r.status === 'failed') return r;
-      await new Promise((res) => setTimeout(res, 50));
-    }
-    throw new Error(`restoration ${id} did not end`);
-  };
+  const waitArchive = (id: string) => waitEnd(() => admin.getArchive({ archiveId: id }), `archive ${id}`, 60000);
+  const waitRestoration = (id: string) => waitEnd(() => admin.getRestoration({ restorationId: id }), `restoration ${id}`, 60000);
 
   before(async () => {
     t = await startTestServer();
@@ -553,22 +551,8 @@ describe('Appwrite dialect (node-appwrite SDK): a project with PostgreSQL, SQLit
   let fullArchive: string;
   let pgArchive: string;
 
-  const waitArchive = async (id: string) => {
-    for (let i = 0; i < 2400; i++) {
-      const a = await admin.getArchive({ archiveId: id });
-      if (a.status === 'completed' || a.status === 'failed') return a;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error(`archive ${id} did not end`);
-  };
-  const waitRestoration = async (id: string) => {
-    for (let i = 0; i < 2400; i++) {
-      const r = await admin.getRestoration({ restorationId: id });
-      if (r.status === 'completed' || r.status === 'failed') return r;
-      await new Promise((res) => setTimeout(res, 50));
-    }
-    throw new Error(`restoration ${id} did not end`);
-  };
+  const waitArchive = (id: string) => waitEnd(() => admin.getArchive({ archiveId: id }), `archive ${id}`, 120000);
+  const waitRestoration = (id: string) => waitEnd(() => admin.getRestoration({ restorationId: id }), `restoration ${id}`, 120000);
 
   before(async () => {
     pgDb = await createPgDatabase('bv_aw');
