@@ -1,12 +1,28 @@
 // Stream helpers shared by services, storage and engines: hashing, counting,
-// compression. Compression runs in native code (zstd-napi, zlib) so the event
-// loop stays free.
+// compression. zstd (the default) and its hashing run in codec worker threads
+// (codec.ts); gzip runs in zlib's thread pool; so the event loop stays free.
 import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { createGzip, createGunzip } from 'node:zlib';
-import { CompressStream, DecompressStream } from 'zstd-napi';
+import { DecompressStream } from 'zstd-napi';
 import type { Compression } from '../domain/types.ts';
 import { AppError } from '../errors/index.ts';
+import { VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+
+/** Passes bytes through and counts them. */
+export class ByteCounter extends Transform {
+  bytes = 0;
+
+  constructor(private readonly onChunk?: (bytes: number) => void) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    this.onChunk?.(this.bytes);
+    cb(null, chunk);
+  }
+}
 
 /** Passes bytes through and records their count and sha256. */
 export class HashCounter extends Transform {
@@ -81,15 +97,30 @@ export class ChecksumVerifier extends Transform {
 }
 
 export function compressor(c: Compression): Transform {
-  switch (c) {
-    case 'zstd':
-      // nbWorkers moves compression onto zstd's own thread, off the event loop.
-      return new CompressStream({ compressionLevel: 3, nbWorkers: 1, checksumFlag: true }) as unknown as Transform;
-    case 'gzip':
-      return createGzip({ level: 6 });
-    case 'none':
-      return passThrough();
+  return compressForStorage(c).stages[0]!;
+}
+
+/**
+ * The stages that compress a dump for storage, and the size and sha256 of
+ * what they produce (read after the stream ended).
+ */
+export function compressForStorage(c: Compression): { stages: Transform[]; stored: () => { size: number; sha256: string } } {
+  if (c === 'zstd') {
+    const z = new ZstdCompressHash(3);
+    return { stages: [z], stored: () => ({ size: z.bytes, sha256: z.sha256 }) };
   }
+  const hashed = new HashCounter();
+  return { stages: [c === 'gzip' ? createGzip({ level: 6 }) : passThrough(), hashed], stored: () => ({ size: hashed.bytes, sha256: hashed.sha256 }) };
+}
+
+/**
+ * The stages that check stored bytes against their manifest entry and
+ * decompress them; they error with checksum_mismatch (naming `label`) on
+ * any difference, at the latest when the input ends.
+ */
+export function verifyAndDecompress(entry: { compression: Compression; sha256: string; size: number }, label: string): Transform[] {
+  if (entry.compression === 'zstd') return [new VerifiedZstdDecompress(entry.sha256, entry.size, label)];
+  return [new ChecksumVerifier(entry.sha256, entry.size, label), decompressor(entry.compression, label)];
 }
 
 /** A decompressor whose errors name the artifact and carry code checksum_mismatch (the data is damaged). */

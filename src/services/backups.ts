@@ -7,7 +7,7 @@ import { AppError, publicMessage } from '../errors/index.ts';
 import type { BackupTable } from '../catalog/schema.ts';
 import { ACTIVE_STATUSES as ACTIVE, RESOURCE_ORDER, isActiveStatus, type Compression, type Exclusion, type Progress, type ResourceType, type Selection } from '../domain/types.ts';
 import { MANIFEST_FORMAT, artifactKey, compressionExtension, manifestKey, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
-import { compressor, HashCounter } from '../platform/streams.ts';
+import { ByteCounter, compressForStorage } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
 import { deletePrefix, type Storage } from '../storage/storage.ts';
 import { copiesForViews, deleteFromAll, fromAnyCopy, putToAll, recordCopies } from './copies.ts';
@@ -284,10 +284,10 @@ async function setBackup(ctx: ServiceContext, id: string, set: Partial<BackupTab
  * throws when the dump failed or every destination did.
  */
 export async function streamToStorage(ctx: ServiceContext, destinations: Destination[], source: Readable, key: string, compression: Compression, signal: AbortSignal, onBytes: (n: number) => void) {
-  const raw = new HashCounter(onBytes);
-  const stored = new HashCounter();
-  const failed = await putToAll(destinations, key, source, [raw, compressor(compression), stored], signal);
-  return { rawSize: raw.bytes, size: stored.bytes, sha256: stored.sha256, failed };
+  const raw = new ByteCounter(onBytes);
+  const compressed = compressForStorage(compression);
+  const failed = await putToAll(destinations, key, source, [raw, ...compressed.stages], signal);
+  return { rawSize: raw.bytes, ...compressed.stored(), failed };
 }
 
 /** The error to report: an AppError from the engine explains more than a broken pipe does. */

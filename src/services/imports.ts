@@ -10,7 +10,7 @@ import { AppError, isAppError, publicMessage } from '../errors/index.ts';
 import { deleteFromAll, putToAll, readableCopies, recordCopies } from './copies.ts';
 import type { BackupTable } from '../catalog/schema.ts';
 import { artifactKey, manifestKey, type Manifest } from '../domain/manifest.ts';
-import { ChecksumVerifier, decompressor } from '../platform/streams.ts';
+import { verifyAndDecompress } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
 import { safeFetch, RefusedAddressError } from '../platform/safe-fetch.ts';
 import { deletePrefix } from '../storage/storage.ts';
@@ -181,7 +181,7 @@ async function checkArtifacts(ctx: ServiceContext, manifest: Manifest, signal: A
       for (const r of manifest.resources) {
         const label = `artifact resources/${r.name}/${r.artifact}`;
         const sink = new Writable({ write: (_c, _e, cb) => cb() });
-        await pipeline(await d.storage.get(artifactKey(manifest.backup_id, r.name, r.artifact)), new ChecksumVerifier(r.sha256, r.size, label), decompressor(r.compression, label), sink, { signal });
+        await pipeline([await d.storage.get(artifactKey(manifest.backup_id, r.name, r.artifact)), ...verifyAndDecompress(r, label), sink], { signal });
       }
       good++;
     } catch (err) {

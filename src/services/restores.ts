@@ -11,7 +11,7 @@ import { ACTIVE_STATUSES as ACTIVE, RESOURCE_ORDER, type ResourceSpec } from '..
 import { artifactKey, type ManifestResource } from '../domain/manifest.ts';
 import { compareCounts } from '../domain/counts.ts';
 import { maskConnection } from '../domain/mask.ts';
-import { ChecksumVerifier, decompressor } from '../platform/streams.ts';
+import { verifyAndDecompress } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
 import { workPath } from '../config/index.ts';
 import { restoreView, type RestoreTarget, type RestoreView } from './views.ts';
@@ -129,7 +129,7 @@ export async function restoreArtifact(
   });
   // Settled into a value at once: the pipeline may fail (a damaged artifact) while the engine is still busy,
   // and a rejection nobody is waiting for yet must not become an unhandled one.
-  const piped = pipeline(source, counter, new ChecksumVerifier(entry.sha256, entry.size, label), decompressor(entry.compression, label), input, { signal }).then(
+  const piped = pipeline([source, counter, ...verifyAndDecompress(entry, label), input], { signal }).then(
     () => null,
     (e: unknown) => e,
   );

@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, it } from 'node:test';
+import { compress as zstdCompress, decompress as zstdDecompress } from 'zstd-napi';
+import { AppError } from '../errors/index.ts';
+import { VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+
+/** Text-like data that compresses a few times, in chunks of varied size. */
+function sample(bytes: number, seed = 1): Buffer {
+  const words = ['backup', 'restore', 'postgres', 'λ', '🙂', 'row', '42', '\n', 'vault'];
+  const parts: string[] = [];
+  let x = seed;
+  let n = 0;
+  while (n < bytes) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    const w = x % 7 === 0 ? randomBytes(6).toString('hex') : words[x % words.length]!;
+    parts.push(w, ' ');
+    n += Buffer.byteLength(w) + 1;
+  }
+  return Buffer.from(parts.join('')).subarray(0, bytes);
+}
+
+function chunks(data: Buffer): Readable {
+  const out: Buffer[] = [];
+  for (let i = 0, size = 1; i < data.length; i += size, size = (size * 7 + 13) % 300_000 || 1) out.push(data.subarray(i, i + size));
+  return Readable.from(out);
+}
+
+async function collect(source: Readable, ...stages: NodeJS.ReadWriteStream[]): Promise<Buffer> {
+  const got: Buffer[] = [];
+  await pipeline([source, ...stages, new Writable({ write: (c: Buffer, _e, cb) => (got.push(c), cb()) })]);
+  return Buffer.concat(got);
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe('codec worker streams', () => {
+  it('compresses into standard zstd and reports the size and sha256 of what it produced', async () => {
+    const data = sample(3_000_000);
+    const z = new ZstdCompressHash(3);
+    const stored = await collect(chunks(data), z);
+    assert.ok(stored.length < data.length / 2, `compressed ${data.length} to ${stored.length}`);
+    assert.equal(z.bytes, stored.length);
+    assert.equal(z.sha256, sha(stored));
+    assert.deepEqual(zstdDecompress(stored), data);
+  });
+
+  it('compresses an empty stream into a valid empty frame', async () => {
+    const z = new ZstdCompressHash(3);
+    const stored = await collect(Readable.from([]), z);
+    assert.equal(zstdDecompress(stored).length, 0);
+    assert.equal(z.sha256, sha(stored));
+  });
+
+  it('decompresses stored bytes that match their manifest entry', async () => {
+    const data = sample(2_000_000, 7);
+    const stored = zstdCompress(data);
+    const out = await collect(chunks(stored), new VerifiedZstdDecompress(sha(stored), stored.length, 'artifact x'));
+    assert.deepEqual(out, data);
+  });
+
+  it('refuses a changed byte, a short or long artifact and a truncated frame with checksum_mismatch', async () => {
+    const data = sample(500_000, 3);
+    const stored = zstdCompress(data);
+    const flipped = Buffer.from(stored);
+    flipped[Math.floor(flipped.length / 2)]! ^= 0x40;
+    const cases: Array<[string, Buffer, string, number, RegExp]> = [
+      ['changed byte', flipped, sha(stored), stored.length, /artifact x/],
+      ['shorter', stored.subarray(0, stored.length - 10), sha(stored), stored.length, /has \d+ bytes, its manifest says/],
+      ['longer', Buffer.concat([stored, Buffer.from('trailing')]), sha(stored), stored.length, /larger than its manifest says/],
+      ['truncated frame, matching manifest', stored.subarray(0, 1000), sha(stored.subarray(0, 1000)), 1000, /middle of a zstd frame/],
+      ['not zstd at all', Buffer.from('plain text, not zstd'), sha(Buffer.from('plain text, not zstd')), 20, /not valid zstd data/],
+    ];
+    for (const [name, bytes, digest, size, message] of cases) {
+      await assert.rejects(
+        collect(chunks(bytes), new VerifiedZstdDecompress(digest, size, 'artifact x')),
+        (err: unknown) => err instanceof AppError && err.code === 'checksum_mismatch' && message.test(err.message),
+        name,
+      );
+    }
+  });
+
+  it('keeps many interleaved streams apart', async () => {
+    const inputs = Array.from({ length: 12 }, (_, i) => sample(200_000 + i * 50_000, i + 10));
+    const results = await Promise.all(
+      inputs.map(async (data) => {
+        const z = new ZstdCompressHash(3);
+        const stored = await collect(chunks(data), z);
+        return collect(chunks(stored), new VerifiedZstdDecompress(z.sha256, z.bytes, 'artifact'));
+      }),
+    );
+    results.forEach((out, i) => assert.deepEqual(out, inputs[i]));
+  });
+
+  it('stops reading its input while its consumer does not read (memory stays bounded)', async () => {
+    // 400 MB of zeros compress to almost nothing: without backpressure the
+    // decompressor would pour all of it into memory at once.
+    const total = 400 * 1024 * 1024;
+    const stored = zstdCompress(Buffer.alloc(total));
+    let fed = 0;
+    const source = new Readable({
+      read() {
+        const n = Math.min(4096, stored.length - fed);
+        this.push(n > 0 ? stored.subarray(fed, fed + n) : null);
+        fed += n;
+      },
+    });
+    let released: (() => void) | undefined;
+    let received = 0;
+    const stuck = new Writable({
+      highWaterMark: 1024 * 1024,
+      write(c: Buffer, _e, cb) {
+        received += c.length;
+        released = cb; // holds every write until the test lets go
+      },
+    });
+    const d = new VerifiedZstdDecompress(sha(stored), stored.length, 'artifact');
+    const done = pipeline(source, d, stuck);
+    // Wait for the first output to reach the consumer, then for anything
+    // else the worker would still send.
+    for (let i = 0; i < 200 && received === 0; i++) await sleep(25);
+    assert.ok(received > 0);
+    await sleep(300);
+    const buffered = received + d.readableLength + stuck.writableLength;
+    assert.ok(buffered < 32 * 1024 * 1024, `${buffered} bytes decompressed while the consumer read nothing`);
+    // Now drain it all, releasing each write as it comes.
+    stuck._write = (c: Buffer, _e, cb) => {
+      received += c.length;
+      cb();
+    };
+    released?.();
+    await done;
+    assert.equal(received, total);
+  });
+
+  it('a destroyed stream frees its place and later streams work', async () => {
+    const z = new ZstdCompressHash(3);
+    z.write(sample(2_000_000));
+    z.destroy();
+    await sleep(50);
+    const data = sample(100_000, 99);
+    const again = new ZstdCompressHash(3);
+    assert.deepEqual(zstdDecompress(await collect(chunks(data), again)), data);
+  });
+});

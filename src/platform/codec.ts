@@ -1,0 +1,272 @@
+// zstd compression and decompression, with the sha256 of the stored bytes,
+// in worker threads (codec-worker.ts), so neither blocks the event loop.
+//
+// Why not zstd-napi's own streams on the main thread: with nbWorkers they wait
+// inside native code for zstd's thread whenever its buffers are full, and the
+// whole event loop (API requests included) waits with them; without, the
+// compression and both hash passes take the main thread's CPU. Here the main
+// thread only copies bytes into 512 KiB batches and passes them on.
+//
+// Backpressure: at most MAX_IN_FLIGHT batches of a stream are in the worker,
+// each request makes at most 1 MiB of output (the worker keeps the rest of
+// its input until pulled), and neither new input nor a pull goes out while
+// the readable side is over its high-water mark: memory per stream stays
+// bounded whatever the speed of either end or the compression ratio.
+import { availableParallelism } from 'node:os';
+import { Transform, type TransformCallback } from 'node:stream';
+import type { Worker } from 'node:worker_threads';
+import { AppError } from '../errors/index.ts';
+import { startModuleWorker } from './workers.ts';
+
+export type CodecRequest =
+  | { op: 'open'; id: number; mode: 'compress'; level: number }
+  | { op: 'open'; id: number; mode: 'decompress' }
+  | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
+  | { op: 'pull'; id: number }
+  | { op: 'end'; id: number }
+  | { op: 'close'; id: number };
+
+export interface CodecReply {
+  id: number;
+  buffers: ArrayBuffer[];
+  lengths: number[];
+  /** batches of input the worker finished with during this request */
+  consumed: number;
+  /** input is left in the worker: pull when there is room for more output */
+  more: boolean;
+  end?: { sha256: string; inBytes: number; outBytes: number; truncated: boolean };
+  error?: string;
+}
+
+const BATCH_BYTES = 512 * 1024;
+const MAX_IN_FLIGHT = 4;
+
+interface PoolWorker {
+  worker: Worker;
+  streams: Map<number, CodecStream>;
+}
+
+const pool: PoolWorker[] = [];
+let nextId = 1;
+
+/** The worker with the fewest open streams; a new one while the pool is below its size. */
+function pickWorker(): PoolWorker {
+  const size = Math.max(1, Math.min(availableParallelism(), 4));
+  const idle = pool.find((p) => p.streams.size === 0);
+  if (idle) return idle;
+  if (pool.length < size) {
+    const worker = startModuleWorker(import.meta.url, './codec-worker');
+    // Idle codec workers must not keep the process alive.
+    worker.unref();
+    const p: PoolWorker = { worker, streams: new Map() };
+    worker.on('message', (m: CodecReply) => p.streams.get(m.id)?.reply(m));
+    const fail = (err: Error) => {
+      const i = pool.indexOf(p);
+      if (i >= 0) pool.splice(i, 1);
+      for (const s of p.streams.values()) s.destroy(new AppError('internal', `The compression worker stopped: ${err.message}`));
+      p.streams.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`exit code ${code}`)));
+    pool.push(p);
+    return p;
+  }
+  return pool.reduce((a, b) => (b.streams.size < a.streams.size ? b : a));
+}
+
+abstract class CodecStream extends Transform {
+  protected readonly id = nextId++;
+  private readonly home: PoolWorker;
+  private batch: Buffer | undefined;
+  private batchUsed = 0;
+  private inFlight = 0;
+  private outputFull = false;
+  private waiting: (() => void) | undefined;
+  private onEnd: ((err?: Error) => void) | undefined;
+  private pullWanted = false;
+  private endSent = false;
+  private released = false;
+
+  constructor(open: CodecRequest) {
+    super();
+    this.home = pickWorker();
+    this.home.streams.set(this.id, this);
+    this.home.worker.ref();
+    this.send({ ...open, id: this.id } as CodecRequest);
+  }
+
+  private send(m: CodecRequest, transfer: ArrayBuffer[] = []): void {
+    this.home.worker.postMessage(m, transfer);
+  }
+
+  private sendBatch(): void {
+    if (!this.batch || this.batchUsed === 0) return;
+    const buffer = this.batch.buffer as ArrayBuffer;
+    this.send({ op: 'data', id: this.id, buffer, length: this.batchUsed }, [buffer]);
+    this.batch = undefined;
+    this.batchUsed = 0;
+    this.inFlight++;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.counted(chunk.length);
+    if (this.destroyed) return;
+    let offset = 0;
+    while (offset < chunk.length) {
+      this.batch ??= Buffer.allocUnsafeSlow(BATCH_BYTES);
+      const n = chunk.copy(this.batch, this.batchUsed, offset);
+      this.batchUsed += n;
+      offset += n;
+      if (this.batchUsed === BATCH_BYTES) this.sendBatch();
+    }
+    if (this.mayTakeMore()) cb();
+    else this.waiting = () => cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.sendBatch();
+    this.onEnd = cb;
+    this.pump();
+  }
+
+  override _read(size: number): void {
+    this.outputFull = false;
+    this.pump();
+    super._read(size);
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.close();
+    cb(err);
+  }
+
+  private mayTakeMore(): boolean {
+    return this.inFlight < MAX_IN_FLIGHT && !this.outputFull;
+  }
+
+  /** Asks for more output, takes more input, or ends, as far as the consumer keeps up. */
+  private pump(): void {
+    if (this.released || this.outputFull) return;
+    if (this.pullWanted) {
+      this.pullWanted = false;
+      this.send({ op: 'pull', id: this.id });
+    }
+    if (this.waiting && this.mayTakeMore()) {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w();
+    }
+    if (this.onEnd && !this.endSent && this.inFlight === 0 && !this.pullWanted) {
+      this.endSent = true;
+      this.send({ op: 'end', id: this.id });
+    }
+  }
+
+  /** Tells the worker to forget the stream and lets the process exit when no stream is open. */
+  private close(): void {
+    if (this.released) return;
+    this.released = true;
+    this.home.streams.delete(this.id);
+    this.send({ op: 'close', id: this.id });
+    if (this.home.streams.size === 0) this.home.worker.unref();
+  }
+
+  reply(m: CodecReply): void {
+    if (this.destroyed) return;
+    if (m.error !== undefined) {
+      this.close();
+      this.destroy(this.workerError(m.error));
+      return;
+    }
+    for (let i = 0; i < m.buffers.length; i++) {
+      if (!this.push(Buffer.from(m.buffers[i]!, 0, m.lengths[i]))) this.outputFull = true;
+    }
+    if (m.end) {
+      this.close();
+      const cb = this.onEnd!;
+      let problem: Error | undefined;
+      try {
+        this.finished(m.end);
+      } catch (err) {
+        problem = err as Error;
+      }
+      cb(problem);
+      return;
+    }
+    this.inFlight -= m.consumed;
+    if (m.more) this.pullWanted = true;
+    this.pump();
+  }
+
+  /** Called with each input chunk's size, before it is batched. */
+  protected counted(_bytes: number): void {}
+  protected abstract workerError(message: string): Error;
+  /** Checks the end of the stream; throwing fails the stream. */
+  protected abstract finished(end: NonNullable<CodecReply['end']>): void;
+}
+
+/**
+ * zstd compression at `level` with zstd's content checksum. After the
+ * stream ended, `bytes` and `sha256` describe the compressed output.
+ */
+export class ZstdCompressHash extends CodecStream {
+  bytes = 0;
+  private hex: string | undefined;
+
+  constructor(level = 3) {
+    super({ op: 'open', id: 0, mode: 'compress', level });
+  }
+
+  protected workerError(message: string): Error {
+    return new AppError('internal', `zstd compression failed: ${message}`);
+  }
+
+  protected finished(end: NonNullable<CodecReply['end']>): void {
+    this.bytes = end.outBytes;
+    this.hex = end.sha256;
+  }
+
+  get sha256(): string {
+    if (this.hex === undefined) throw new Error('ZstdCompressHash: stream has not ended');
+    return this.hex;
+  }
+}
+
+/**
+ * zstd decompression of stored bytes that must have `expectedSize` bytes and
+ * sha256 `expectedSha256`; the stream errors with checksum_mismatch (naming
+ * `label`) otherwise, so a consumer that commits only after a clean end never
+ * commits damaged data.
+ */
+export class VerifiedZstdDecompress extends CodecStream {
+  private seen = 0;
+
+  constructor(
+    private readonly expectedSha256: string,
+    private readonly expectedSize: number,
+    private readonly label: string,
+  ) {
+    super({ op: 'open', id: 0, mode: 'decompress' });
+  }
+
+  protected override counted(bytes: number): void {
+    this.seen += bytes;
+    if (this.seen > this.expectedSize) {
+      this.destroy(new AppError('checksum_mismatch', `${this.label} is larger than its manifest says (${this.expectedSize} bytes)`));
+    }
+  }
+
+  protected workerError(message: string): Error {
+    return new AppError('checksum_mismatch', `${this.label} is not valid zstd data; the stored copy is damaged`, undefined, { cause: new Error(message) });
+  }
+
+  protected finished(end: NonNullable<CodecReply['end']>): void {
+    if (end.inBytes !== this.expectedSize) {
+      throw new AppError('checksum_mismatch', `${this.label} has ${end.inBytes} bytes, its manifest says ${this.expectedSize}`);
+    }
+    if (end.sha256 !== this.expectedSha256) {
+      throw new AppError('checksum_mismatch', `${this.label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`);
+    }
+    if (end.truncated) throw new AppError('checksum_mismatch', `${this.label} ends in the middle of a zstd frame; the stored copy is damaged`);
+  }
+}
