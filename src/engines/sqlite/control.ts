@@ -66,6 +66,15 @@ export type WorkerReply =
   | { ok: true; result: unknown }
   | { ok: false; code?: string; message: string; details?: Record<string, unknown> };
 
+/** One task for a worker (worker.ts), with its own cells. */
+export interface WorkerRequest {
+  task: string;
+  args: unknown;
+  cells: SharedArrayBuffer;
+  /** A test pause hook is set: testPause holds the worker (sqliteTestHooks.pause). */
+  pauses: boolean;
+}
+
 export type WorkerMessage = { kind: 'reply'; reply: WorkerReply } | { kind: 'paused'; point: PausePoint };
 
 /** Worker side: a TaskControl over the shared cells. */

@@ -17,6 +17,7 @@ import { AppError, isErrorCode } from '../../errors/index.ts';
 import type { DumpInfo, RestoreReport, RestoreRequest } from '../engine.ts';
 import { type PausePoint, sqliteTestHooks } from './control.ts';
 import { LATE_CANCEL_WARNING, sqliteEngine } from './index.ts';
+import { sqliteWorkerPool } from './offload.ts';
 
 const run = promisify(execFile);
 const never = new AbortController().signal;
@@ -654,6 +655,86 @@ describe('sqlite engine', () => {
     );
     assert.equal(result, 'cancelled');
     await assertUntouched(f);
+  });
+
+  /** Files under dir this process (worker threads included) holds open. */
+  async function openFilesUnder(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const fd of await readdir('/proc/self/fd')) {
+      const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+      if (target.startsWith(dir + '/')) out.push(target);
+    }
+    return out;
+  }
+
+  it('reuses its worker across tasks, and each task has closed its files when it settles', async () => {
+    await sqliteWorkerPool.terminateAll();
+    const started = sqliteWorkerPool.started;
+    const f = await restoreFixture(1000); // one dump
+    for (let i = 0; i < 3; i++) assert.deepEqual((await sqliteEngine.listObjects(resource(f.src))).length, 2);
+    const r = await sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true }));
+    assert.deepEqual(r.counts.tables, { big: 1000 });
+    // Five tasks, one worker, still alive for the next one.
+    assert.equal(sqliteWorkerPool.started, started + 1);
+    assert.equal(sqliteWorkerPool.live(), 1);
+    // The worker lives on, but no connection does: the files may be removed or written at once.
+    assert.deepEqual(await openFilesUnder(f.dir), []);
+  });
+
+  it('runs concurrent tasks on at most two workers', async () => {
+    await sqliteWorkerPool.terminateAll();
+    const started = sqliteWorkerPool.started;
+    const dir = await freshDir();
+    const src = join(dir, 'src.db');
+    makeDb(src);
+    const lists = await Promise.all(Array.from({ length: 5 }, () => sqliteEngine.listObjects(resource(src))));
+    for (const l of lists) assert.deepEqual(l, lists[0]);
+    assert.equal(sqliteWorkerPool.started, started + 2);
+    assert.equal(sqliteWorkerPool.live(), 2);
+  });
+
+  it('replaces a worker terminated after a cancel it did not stop for, and the next task succeeds', async () => {
+    const f = await restoreFixture(1000);
+    await sqliteWorkerPool.terminateAll();
+    const started = sqliteWorkerPool.started;
+    const ac = new AbortController();
+    const result = await withPause(
+      (point) => {
+        if (point !== 'before-commit') return;
+        ac.abort();
+        return new Promise<void>(() => {}); // holds the worker inside its transaction for good
+      },
+      () => outcome(sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true, signal: ac.signal }))),
+    );
+    assert.equal(result, 'cancelled');
+    assert.equal(sqliteWorkerPool.live(), 0); // the stuck worker is gone
+    await assertUntouched(f);
+    const r = await sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true }));
+    assert.deepEqual(r.counts.tables, { big: 1000 });
+    assert.equal(bigRows(f.src), 1000);
+    assert.equal(sqliteWorkerPool.started, started + 2);
+  });
+
+  it('fails the task of a worker that dies, saying whether it was committing, and replaces the worker', async () => {
+    for (const point of ['before-commit', 'after-commit'] as const) {
+      const f = await restoreFixture(1000);
+      const result = await withPause(
+        async (p) => {
+          if (p === point) await sqliteWorkerPool.terminateAll(); // as if the thread crashed here
+        },
+        () => sqliteEngine.restore(restoreReq(f.src, f.file, f.info.counts, { partial: true })).then(
+          () => assert.fail('a task whose worker died must not succeed'),
+          (e: unknown) => e,
+        ),
+      );
+      assert.ok(isErrorCode(result, 'engine_failed'));
+      const committing = ' while committing; its changes may have been applied';
+      assert.equal(result.message, `The SQLite worker stopped without an answer${point === 'after-commit' ? committing : ''}.`);
+      if (point === 'before-commit') await assertUntouched(f);
+      else assert.equal(bigRows(f.src), 1000);
+      const again = await sqliteEngine.listObjects(resource(f.src));
+      assert.deepEqual(again.map((o) => o.name), ['big', 'small']);
+    }
   });
 
   it('a full restore is cancelled up to its rename, and not after it', async () => {

@@ -106,6 +106,13 @@ function report(counts: RestoreReport['counts'], warnings: string[], signal: Abo
 }
 
 async function restore(req: RestoreRequest): Promise<RestoreReport> {
+  const { counts, warnings } = await restoreFile(req);
+  // Only now, after the temp file's cleanup: a cancel that came during it came
+  // after the point of no return too, and the report must say so.
+  return report(counts, warnings, req.signal);
+}
+
+async function restoreFile(req: RestoreRequest): Promise<{ counts: RestoreReport['counts']; warnings: string[] }> {
   const target = checkPath(req.target.connection);
   const signal = req.signal;
   if (signal.aborted) throw new AppError('cancelled');
@@ -125,8 +132,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
 
     if (req.partial && req.mode === 'in_place') {
       // The worker commits atomically; a cancel after its COMMIT is ignored (offload.ts).
-      const r = await runTask('replaceTables', { target, source: temp, expected: req.expected }, signal);
-      return report(r.counts, r.warnings, signal);
+      return await runTask('replaceTables', { target, source: temp, expected: req.expected }, signal);
     }
 
     const { counts } = await runTask('checkRestored', { path: temp, expected: req.expected }, signal);
@@ -151,7 +157,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     await rename(temp, target);
     await testPause('after-rename');
     await fsyncDir(dirname(target));
-    return report(counts, [], signal);
+    return { counts, warnings: [] };
   } catch (err) {
     if (committed && !isAppError(err)) {
       throw new AppError('engine_failed', `Replacing the SQLite database ${target} failed part-way (the target may already be replaced): ${(err as Error)?.message ?? String(err)}`, undefined, { cause: err });

@@ -5,6 +5,9 @@
 // data only, because arguments and results cross the thread boundary, and
 // a TaskControl (control.ts) through which they notice cancellation between
 // steps and claim the point of no return before anything becomes visible.
+// Every connection a task opens is closed (in a finally block) before it
+// returns or throws: the worker outlives the task, and its caller may remove
+// the files or let other processes write as soon as the task settles.
 import { rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { compareCounts } from '../../domain/counts.ts';
