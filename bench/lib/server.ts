@@ -50,12 +50,14 @@ export class Backvault {
     await mkdir(this.dir, { recursive: true });
     const port = await freePort();
     this.url = `http://127.0.0.1:${port}`;
-    const nodeArgs = this.options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${this.options.cpuProfDir}`] : [];
-    this.child = spawn(process.execPath, [...nodeArgs, join(ROOT, 'bin', 'backvault.js'), 'serve', '--dir', this.dir, '--http', `127.0.0.1:${port}`], {
+    // Started the way a user starts it: the bin as an executable, so its
+    // shebang's runtime settings apply; a profile is asked for through NODE_OPTIONS.
+    const profile = this.options.cpuProfDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${this.options.cpuProfDir}` } : {};
+    this.child = spawn(join(ROOT, 'bin', 'backvault.js'), ['serve', '--dir', this.dir, '--http', `127.0.0.1:${port}`], {
       cwd: ROOT,
       // The default rate limit (1,200 requests a minute per key) would turn a
       // load test into a test of the rate limiter: raised for the bench only.
-      env: { ...process.env, BACKVAULT_RATE_LIMIT_PER_MINUTE: '100000000', ...this.options.env },
+      env: { ...process.env, BACKVAULT_RATE_LIMIT_PER_MINUTE: '100000000', ...profile, ...this.options.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.pid = this.child.pid!;
