@@ -1,7 +1,9 @@
 // Logical dump: SCAN every key of the selected logical databases, then DUMP
-// and PTTL them in bounded batches (one Lua script or MULTI each, see
-// scripts.ts), written as a BVREDIS1 stream
-// (format.ts). Nothing on the server is reconfigured or restarted, so it
+// and PTTL them in bounded batches (one Lua script, which also encodes the
+// records, or one MULTI each, see scripts.ts), written as a BVREDIS1 stream
+// (format.ts). Memory holds two SCAN pages and one batch, whatever the
+// number of keys: the stream is a generator, pulled only as fast as its
+// consumer reads. Nothing on the server is reconfigured or restarted, so it
 // works on managed servers where BGSAVE/--rdb are out of reach.
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -12,7 +14,7 @@ import type { DumpInfo, DumpOutput, DumpRequest } from '../engine.ts';
 import { asAppError, closeClient, openClient, parseConnection, resourceDatabases, serverVersion } from './connection.ts';
 import { encodeHeader, encodeTrailerHead, RECORD_OVERHEAD, writeRecord } from './format.ts';
 import { redisGlob } from './glob.ts';
-import { canScript, DUMP_SCRIPT } from './scripts.ts';
+import { canScript, DUMP_RECORDS_SCRIPT, packKeys } from './scripts.ts';
 
 /**
  * Batch bounds, shared with restore. Memory holds one batch: its key count
@@ -85,61 +87,49 @@ export async function dump(req: DumpRequest): Promise<DumpOutput> {
 
   let scripts: boolean | null = null;
 
-  /** TIME, then PTTL and DUMP of each key, atomically (one script, or one MULTI), so each key's value and TTL agree and TIME is when both were read. */
-  async function fetchBatch(keys: Buffer[]): Promise<{ now: number; pttl: number[]; payloads: (Buffer | null)[] }> {
+  /**
+   * The records of these keys (the vanished ones left out), each key's PTTL
+   * and DUMP read atomically with TIME: one script, or one MULTI where
+   * scripting is denied.
+   */
+  async function dumpBatch(db: number, keys: Buffer[]): Promise<Buffer> {
     scripts ??= await canScript(client, tuning.useScripts);
-    const pttl: number[] = [];
-    const payloads: (Buffer | null)[] = [];
-    let time: [Buffer | string, Buffer | string];
     if (scripts) {
-      const res = (await DUMP_SCRIPT.run(client, keys, [])) as unknown[];
-      time = res[0] as [Buffer, Buffer];
-      for (let i = 0; i < keys.length; i++) {
-        pttl.push(res[1 + 2 * i] as number);
-        payloads.push((res[2 + 2 * i] as Buffer | null) ?? null);
-      }
-    } else {
-      const multi = client.multi();
-      multi.time();
-      for (const k of keys) {
-        multi.pttl(k);
-        multi.dumpBuffer(k);
-      }
-      const res = await multi.exec();
-      if (!res) throw new AppError('engine_failed', 'Redis aborted a DUMP transaction.');
-      for (const [err] of res) if (err) throw err;
-      time = res[0]?.[1] as [string, string];
-      for (let i = 0; i < keys.length; i++) {
-        pttl.push(res[1 + 2 * i]?.[1] as number);
-        payloads.push((res[2 + 2 * i]?.[1] as Buffer | null) ?? null);
-      }
+      const [records, written, gone] = (await DUMP_RECORDS_SCRIPT.run(client, [], [String(db), packKeys(keys)])) as [Buffer, number, number];
+      count += written;
+      vanished += gone;
+      return records;
     }
-    const now = Number(String(time[0])) * 1000 + Math.floor(Number(String(time[1])) / 1000);
-    return { now, pttl, payloads };
-  }
-
-  /** One chunk of records for these keys, or null when all vanished. */
-  async function dumpBatch(db: number, keys: Buffer[]): Promise<{ chunk: Buffer | null; bytes: number }> {
-    const { now, pttl, payloads } = await fetchBatch(keys);
+    const multi = client.multi();
+    multi.time();
+    for (const k of keys) {
+      multi.pttl(k);
+      multi.dumpBuffer(k);
+    }
+    const res = await multi.exec();
+    if (!res) throw new AppError('engine_failed', 'Redis aborted a DUMP transaction.');
+    for (const [err] of res) if (err) throw err;
+    const time = res[0]?.[1] as [string, string];
+    const now = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
     let size = 0;
-    keys.forEach((key, i) => {
-      const payload = payloads[i];
-      if (payload && pttl[i] !== -2) size += RECORD_OVERHEAD + key.length + payload.length;
-    });
+    for (let i = 0; i < keys.length; i++) {
+      const payload = res[2 + 2 * i]?.[1] as Buffer | null;
+      if (payload && res[1 + 2 * i]?.[1] !== -2) size += RECORD_OVERHEAD + (keys[i] as Buffer).length + payload.length;
+    }
     const out = Buffer.allocUnsafe(size);
     let o = 0;
-    keys.forEach((key, i) => {
-      const payload = payloads[i];
-      const ttl = pttl[i] as number;
+    for (let i = 0; i < keys.length; i++) {
+      const ttl = res[1 + 2 * i]?.[1] as number;
+      const payload = res[2 + 2 * i]?.[1] as Buffer | null;
       // Deleted or expired since SCAN saw it: not part of the backup.
       if (!payload || ttl === -2) {
         vanished++;
-        return;
+        continue;
       }
-      o = writeRecord(out, o, db, key, ttl >= 0 ? now + ttl : -1, payload);
+      o = writeRecord(out, o, db, keys[i] as Buffer, ttl >= 0 ? now + ttl : -1, payload);
       count++;
-    });
-    return { chunk: size > 0 ? out : null, bytes: size };
+    }
+    return out;
   }
 
   async function* generate(): AsyncGenerator<Buffer> {
@@ -152,20 +142,29 @@ export async function dump(req: DumpRequest): Promise<DumpOutput> {
       await client.select(db);
       for (let i = 0; i < patterns.length; i++) {
         const earlier = matchers.slice(0, i).filter((m) => m !== null);
-        let cursor = '0';
+        const scan = (cursor: string) => {
+          const page = scanPage(client, cursor, patterns[i] as string | null, tuning.scanCount);
+          // Awaited below, unless the consumer stops the dump first.
+          page.catch(() => {});
+          return page;
+        };
+        let page = scan('0');
+        let cursor: string;
         do {
           if (signal.aborted) throw new AppError('cancelled');
-          const [next, keys] = await scanPage(client, cursor, patterns[i] as string | null, tuning.scanCount);
+          const [next, keys] = await page;
           cursor = next;
+          // The next page is read while this one is dumped: one round trip less per page, one page more in memory.
+          if (cursor !== '0') page = scan(cursor);
           // A key matching several patterns goes with the first; SCAN may also repeat a key while the keyspace rehashes (see index.ts).
           const wanted = keys.filter((k) => !earlier.some((m) => m(k)) && !excluded.some((m) => m(k)));
           perPattern[i] = (perPattern[i] as number) + keys.length;
           for (let off = 0; off < wanted.length; ) {
             const slice = wanted.slice(off, off + batch);
             off += slice.length;
-            const { chunk, bytes } = await dumpBatch(db, slice);
-            batch = adaptBatch(batch, slice.length, bytes);
-            if (chunk) {
+            const chunk = await dumpBatch(db, slice);
+            batch = adaptBatch(batch, slice.length, chunk.length);
+            if (chunk.length > 0) {
               hash.update(chunk);
               yield chunk;
             }

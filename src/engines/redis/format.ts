@@ -71,7 +71,9 @@ export function writeRecord(out: Buffer, o: number, db: number, key: Buffer, exp
   o = out.writeUInt16BE(db, o);
   o = out.writeUInt32BE(key.length, o);
   o += key.copy(out, o);
-  o = out.writeBigInt64BE(BigInt(expiry), o);
+  // Two halves instead of a BigInt per key; -1 (no expiry) is all ones either way.
+  o = out.writeInt32BE(Math.floor(expiry / 0x1_0000_0000), o);
+  o = out.writeUInt32BE(expiry >>> 0, o);
   o = out.writeUInt32BE(payload.length, o);
   return o + payload.copy(out, o);
 }
@@ -140,28 +142,73 @@ class ByteReader {
     return out;
   }
 
-  async take(n: number, what: string): Promise<Buffer> {
-    if (this.avail < n) {
-      // Gather the missing chunks and join once: no quadratic copying for big payloads.
-      const parts = [this.buf.subarray(this.pos)];
-      let have = this.avail;
-      while (have < n) {
-        const chunk = await this.pull();
-        if (chunk === null) throw damaged(`it ends in the middle of ${what} (truncated)`);
-        parts.push(chunk);
-        have += chunk.length;
-      }
-      this.replace(Buffer.concat(parts, have));
+  /** Whether the next n bytes are already buffered. */
+  has(n: number): boolean {
+    return this.buf.length - this.pos >= n;
+  }
+
+  /** Makes the next n bytes buffered. */
+  async ensure(n: number, what: string): Promise<void> {
+    if (this.avail >= n) return;
+    // Gather the missing chunks and join once: no quadratic copying for big payloads.
+    const parts = [this.buf.subarray(this.pos)];
+    let have = this.avail;
+    while (have < n) {
+      const chunk = await this.pull();
+      if (chunk === null) throw damaged(`it ends in the middle of ${what} (truncated)`);
+      parts.push(chunk);
+      have += chunk.length;
     }
+    this.replace(Buffer.concat(parts, have));
+  }
+
+  // Fixed-size fields, read in place once has() or ensure() said they are buffered: no view per field (this runs per key).
+  u8(): number {
+    this.consumed += 1;
+    return this.buf[this.pos++] as number;
+  }
+
+  u16(): number {
+    const v = this.buf.readUInt16BE(this.pos);
+    this.pos += 2;
+    this.consumed += 2;
+    return v;
+  }
+
+  u32(): number {
+    const v = this.buf.readUInt32BE(this.pos);
+    this.pos += 4;
+    this.consumed += 4;
+    return v;
+  }
+
+  /** A signed 64-bit integer, as a number (exact up to 2^53, far beyond any epoch-ms expiry). */
+  i64(): number {
+    const v = this.buf.readInt32BE(this.pos) * 0x1_0000_0000 + this.buf.readUInt32BE(this.pos + 4);
+    this.pos += 8;
+    this.consumed += 8;
+    return v;
+  }
+
+  async take(n: number, what: string): Promise<Buffer> {
+    await this.ensure(n, what);
     const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     this.consumed += n;
     return out;
   }
 
+  /** Consumes n bytes without keeping them when already buffered (no await); false otherwise. */
+  skipNow(n: number): boolean {
+    if (this.avail < n) return false;
+    this.pos += n;
+    this.consumed += n;
+    return true;
+  }
+
   /** Consumes n bytes without keeping them. */
   async skip(n: number, what: string): Promise<void> {
-    if (this.takeNow(n)) return;
+    if (this.skipNow(n)) return;
     let left = n;
     while (left > 0) {
       if (this.avail === 0) {
@@ -239,7 +286,8 @@ export class RecordReader {
     if (!this.header) throw new Error('RecordReader: readHeader() first');
     if (this.done) throw new Error('RecordReader: already at the end');
     const b = this.bytes;
-    const tag = (b.takeNow(1) ?? (await b.take(1, 'a record'))).readUInt8(0);
+    if (!b.has(1)) await b.ensure(1, 'a record');
+    const tag = b.u8();
     if (tag === TAG_END) {
       const count = (await this.bytes.take(8, 'the trailer')).readBigUInt64BE(0);
       const digest = this.bytes.digest();
@@ -251,20 +299,21 @@ export class RecordReader {
       return { kind: 'end', count: this.count };
     }
     if (tag !== TAG_RECORD) throw damaged(`an unknown record tag 0x${tag.toString(16)} at byte ${this.bytes.consumed - 1}`);
-    const head = b.takeNow(2 + 4) ?? (await b.take(2 + 4, 'a record'));
-    const db = head.readUInt16BE(0);
+    if (!b.has(2 + 4)) await b.ensure(2 + 4, 'a record');
+    const db = b.u16();
     if (!this.dbs.has(db)) throw damaged(`a record names database ${db}, which its header does not list`);
-    const keyLen = head.readUInt32BE(2);
+    const keyLen = b.u32();
     let key: Buffer | null = null;
-    if (this.keepData) key = Buffer.from(b.takeNow(keyLen) ?? (await b.take(keyLen, 'a key')));
-    else if (b.takeNow(keyLen) === null) await b.skip(keyLen, 'a key');
-    const mid = b.takeNow(8 + 4) ?? (await b.take(8 + 4, 'a record'));
-    const expiry = mid.readInt32BE(0) * 0x1_0000_0000 + mid.readUInt32BE(4);
+    // A view, like the payload: it keeps its read chunk alive only as long as the record is.
+    if (this.keepData) key = b.takeNow(keyLen) ?? (await b.take(keyLen, 'a key'));
+    else if (!b.skipNow(keyLen)) await b.skip(keyLen, 'a key');
+    if (!b.has(8 + 4)) await b.ensure(8 + 4, 'a record');
+    const expiry = b.i64();
     if (expiry < -1) throw damaged(`a record has the invalid expiry ${expiry}`);
-    const payloadLength = mid.readUInt32BE(8);
+    const payloadLength = b.u32();
     let payload: Buffer | null = null;
     if (this.keepData) payload = b.takeNow(payloadLength) ?? (await b.take(payloadLength, 'a value'));
-    else if (b.takeNow(payloadLength) === null) await b.skip(payloadLength, 'a value');
+    else if (!b.skipNow(payloadLength)) await b.skip(payloadLength, 'a value');
     this.count++;
     return { kind: 'record', record: { db, key, expiry, payload, payloadLength } };
   }
