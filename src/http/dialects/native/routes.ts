@@ -17,6 +17,7 @@ import { sendDownload } from '../../download.ts';
 import { notificationRoutes } from './notifications.ts';
 import { policyRoutes } from './policies.ts';
 import { storageRoutes } from './storage.ts';
+import { ListCache } from './list-cache.ts';
 
 const Name = Type.String({ pattern: NAME_PATTERN, description: 'lowercase letters, digits, _ and -; at most 63 characters' });
 const Id = Type.String({ pattern: '^[0-9a-f]{24}$' });
@@ -262,14 +263,19 @@ export async function nativeRoutes(app: FastifyInstance, ctx: ServiceContext): P
     { schema: { tags: ['backups'], summary: 'Start a backup (202; poll the backup until success or error)', params: InstanceParams, body: CreateBackupBody } },
     async (req, reply) => reply.code(202).send(await backups.createBackup(ctx, req.params.instance, req.body as Static<typeof CreateBackupBody>)),
   );
-  r.get('/instances/:instance/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], params: InstanceParams, querystring: BackupListQuery, response: { 200: BackupListView, ...errors } } }, async (req) => {
-    const { items, total } = await backups.listBackups(ctx, { instance: req.params.instance, status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page });
-    return page(items, total, req.query.page, req.query.per_page);
-  });
-  r.get('/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], querystring: BackupListQuery, response: { 200: BackupListView, ...errors } } }, async (req) => {
-    const { items, total } = await backups.listBackups(ctx, { status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page });
-    return page(items, total, req.query.page, req.query.per_page);
-  });
+  // Backup lists are polled: answers are reused while the catalog is unchanged (list-cache.ts).
+  const backupLists = new ListCache(ctx.db);
+  const listBackups = (reply: FastifyReply, f: backups.BackupFilter) =>
+    backupLists.send(reply, JSON.stringify([f.instance, f.status, f.type, f.policy, f.page, f.perPage]), async () => {
+      const { items, total } = await backups.listBackups(ctx, f);
+      return page(items, total, f.page, f.perPage);
+    });
+  r.get('/instances/:instance/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], params: InstanceParams, querystring: BackupListQuery, response: { 200: BackupListView, ...errors } } }, async (req, reply) =>
+    listBackups(reply, { instance: req.params.instance, status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page }),
+  );
+  r.get('/backups', { config: { auth: 'read' }, schema: { tags: ['backups'], querystring: BackupListQuery, response: { 200: BackupListView, ...errors } } }, async (req, reply) =>
+    listBackups(reply, { status: req.query.status, type: req.query.type, policy: req.query.policy, page: req.query.page, perPage: req.query.per_page }),
+  );
   const BackupParams = Type.Object({ id: Id });
   r.get('/backups/:id', { config: { auth: 'read' }, schema: { tags: ['backups'], params: BackupParams, response: { 200: BackupView, ...errors } } }, async (req) => backups.getBackup(ctx, req.params.id));
   r.delete('/backups/:id', { schema: { tags: ['backups'], params: BackupParams } }, async (req, reply) => {
