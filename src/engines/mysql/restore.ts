@@ -1,13 +1,17 @@
 // The mysql restore. The mariadb client executes statements as they arrive,
-// so nothing may reach it before the input has ended cleanly (the input
-// errors at its very end on a checksum failure): the input is first written
-// to temp files in workDir, split by the scanner into
+// so nothing reaches the target before the input has ended cleanly (the
+// input errors at its very end on a checksum failure). The scanner splits
+// the input into
 //   - the table part (CREATE TABLE, INSERT, sequences), and
 //   - the object part (views, triggers, routines, events).
 // Then:
-//   1. the table part runs into a new staging database on the same server;
-//      a failing statement stops there (the client's error line is reported)
-//      and the target is untouched;
+//   1. the table part streams, as it arrives, into the mariadb client loading
+//      a new staging database on the same server, which nothing else sees;
+//      the object part is written to a temp file in workDir. A failing
+//      statement stops there (the client's error line is reported); an input
+//      that fails, even at its very end, kills the client before it could
+//      see the end of its input, so no cut statement runs: either way the
+//      target is untouched;
 //   2. the staged row counts are checked against the manifest, still before
 //      the target is touched;
 //   3. one RENAME TABLE statement, which MariaDB applies atomically, moves
@@ -24,7 +28,7 @@
 // fire no trigger. If step 4 fails the tables are already swapped: the
 // error says so and names the trash database that keeps the previous tables.
 import { randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import { join } from 'node:path';
@@ -49,20 +53,45 @@ import {
 } from './conn.ts';
 import { DumpScanner } from './scanner.ts';
 
-/** Writes the input into the two part files; resolves only after the input ended without error. */
-async function spool(input: Readable, tablesPath: string, objectsPath: string, signal: AbortSignal): Promise<DumpScanner> {
-  const files: Record<'tables' | 'objects', WriteStream> = {
-    tables: createWriteStream(tablesPath, { flags: 'wx', mode: 0o600 }),
-    objects: createWriteStream(objectsPath, { flags: 'wx', mode: 0o600 }),
-  };
-  const scanner = new DumpScanner((part, bytes) => {
-    if (part !== 'objects') files.tables.write(bytes);
-    if (part !== 'tables') files.objects.write(bytes);
+const CLIENT_ARGS = ['--binary-mode', '--default-character-set=utf8mb4'];
+
+/**
+ * Streams the table part of the input into the mariadb client loading stage
+ * and writes the object part to objectsPath. Resolves once the input ended
+ * without error and the client ran all of it; rejects with the client's
+ * error (clientFailed) or the input's.
+ */
+async function load(
+  input: Readable,
+  client: string,
+  optionFile: string,
+  stage: string,
+  objectsPath: string,
+  p: ConnParams,
+  signal: AbortSignal,
+  clientFailed: Set<unknown>,
+): Promise<DumpScanner> {
+  const objects = createWriteStream(objectsPath, { flags: 'wx', mode: 0o600 });
+  const tool = startTool(client, [`--defaults-extra-file=${optionFile}`, ...CLIENT_ARGS, `--database=${stage}`], {
+    stdin: 'pipe',
+    stdout: 'ignore',
+    secrets: [p.password],
+    signal,
   });
-  const drained = async () => {
-    for (const f of Object.values(files)) if (f.writableNeedDrain) await once(f, 'drain');
-  };
-  const finish = (f: WriteStream) => new Promise<void>((resolve, reject) => f.end((err?: Error | null) => (err ? reject(err) : resolve())));
+  const stdin = tool.child.stdin!;
+  // A client that stopped early breaks the pipe; its exit says why.
+  stdin.on('error', () => {});
+  const running = () => tool.child.exitCode === null && tool.child.signalCode === null;
+  // The client's end before the input's is always a failure.
+  const failed: Promise<unknown> = tool.done.then(
+    () => new AppError('engine_failed', `${client} stopped before the end of its input.`),
+    (err: unknown) => err,
+  );
+  let finishing = false;
+  const scanner = new DumpScanner((part, bytes) => {
+    if (part !== 'objects') stdin.write(bytes);
+    if (part !== 'tables') objects.write(bytes);
+  });
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       try {
@@ -70,34 +99,53 @@ async function spool(input: Readable, tablesPath: string, objectsPath: string, s
       } catch (err) {
         return cb(err as Error);
       }
-      drained().then(() => cb(), cb);
+      const waits: Promise<unknown>[] = [];
+      if (stdin.writableNeedDrain) waits.push(new Promise((resolve) => stdin.once('drain', resolve)));
+      if (objects.writableNeedDrain) waits.push(once(objects, 'drain'));
+      if (waits.length === 0) return cb();
+      Promise.race([Promise.all(waits), failed.then((err) => Promise.reject(err))]).then(() => cb(), cb);
     },
     final(cb) {
+      finishing = true;
       try {
         scanner.end();
       } catch (err) {
         return cb(err as Error);
       }
-      Promise.all([finish(files.tables), finish(files.objects)]).then(() => cb(), cb);
+      // Only now may the client see the end of its input.
+      stdin.end();
+      const closed = new Promise<void>((resolve, reject) => objects.end((err?: Error | null) => (err ? reject(err) : resolve())));
+      Promise.all([closed, tool.done]).then(() => cb(), cb);
     },
     destroy(err, cb) {
-      for (const f of Object.values(files)) if (!f.closed) f.destroy();
-      cb(err);
+      // Killed before its stdin closes, the client never runs a statement the input cut short.
+      if (running()) tool.child.kill('SIGKILL');
+      stdin.destroy();
+      if (!objects.closed) objects.destroy();
+      // The stage is dropped next: wait until the client's session is gone.
+      tool.done.then(
+        () => cb(err),
+        () => cb(err),
+      );
     },
   });
-  try {
-    await pipeline(input, sink, { signal });
-  } catch (err) {
-    if (signal.aborted) throw new AppError('cancelled');
-    if (isAppError(err)) throw err;
-    throw new AppError('engine_failed', `Reading the backup failed before anything was restored: ${(err as Error).message}`);
-  }
+  const fail = (err: unknown) => {
+    clientFailed.add(err);
+    sink.destroy(err as Error);
+  };
+  tool.done.then(
+    () => {
+      if (!finishing) fail(new AppError('engine_failed', `${client} stopped before the end of its input.`));
+    },
+    fail,
+  );
+  await pipeline(input, sink, { signal });
   return scanner;
 }
 
 /** Runs an SQL file through the mariadb client into db; rejects with the client's error line. */
 async function runScript(client: string, optionFile: string, db: string, path: string, p: ConnParams, signal: AbortSignal): Promise<void> {
-  const tool = startTool(client, [`--defaults-extra-file=${optionFile}`, '--binary-mode', '--default-character-set=utf8mb4', `--database=${db}`], {
+  const tool = startTool(client, [`--defaults-extra-file=${optionFile}`, ...CLIENT_ARGS, `--database=${db}`], {
     stdin: 'pipe',
     stdout: 'ignore',
     secrets: [p.password],
@@ -210,7 +258,6 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const client = await findTool(['mariadb', 'mysql']);
   await mkdir(req.workDir, { recursive: true });
   const id = randomBytes(6).toString('hex');
-  const tablesPath = join(req.workDir, `mysql-tables-${id}.sql`);
   const objectsPath = join(req.workDir, `mysql-objects-${id}.sql`);
   const optionPath = { value: '' };
   const stage = `bvstage_${id}`;
@@ -219,16 +266,13 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
   let succeeded = false;
   const state: SwapState = { trashCreated: false, renamed: false };
   let session: Awaited<ReturnType<typeof connect>> | undefined;
-  let step = 'Reading the backup failed';
+  let step = `Preparing the restore of ${target} failed`;
   try {
-    // Nothing reaches the server before the input has ended without error.
-    const scanner = await spool(req.input, tablesPath, objectsPath, signal);
     optionPath.value = await writeOptionFile(req.workDir, p);
-    step = `Preparing the restore of ${target} failed`;
     session = await connect(p, signal, null);
     const conn = session.conn;
     await conn.query('SET SESSION foreign_key_checks = 0');
-    let schema = await rows(conn, 'SELECT DEFAULT_CHARACTER_SET_NAME AS cs, DEFAULT_COLLATION_NAME AS co FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?', [target]);
+    const schema = await rows(conn, 'SELECT DEFAULT_CHARACTER_SET_NAME AS cs, DEFAULT_COLLATION_NAME AS co FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?', [target]);
     if (schema.length > 0 && req.mode === 'new_target') {
       // A new target must be new: restoring over another database's tables by a typo would destroy them.
       const present = await rows(conn, 'SELECT COUNT(*) AS n FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?', [target]);
@@ -236,21 +280,21 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
         throw new AppError('target_not_empty', `Database ${target} already exists and holds tables; restore into a new database name, or restore in place.`);
       }
     }
-    if (schema.length === 0) {
-      // A new target, or a database that was lost: either way it is created.
-      await conn.query(`CREATE DATABASE ${quoteId(target)}`);
-      createdTarget = true;
-      schema = await rows(conn, 'SELECT DEFAULT_CHARACTER_SET_NAME AS cs, DEFAULT_COLLATION_NAME AS co FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?', [target]);
-    }
+    // A missing target gets the server's default character set, and so does the stage.
     await conn.query(`CREATE DATABASE ${quoteId(stage)}${charsetClause(schema[0]?.cs, schema[0]?.co)}`);
 
+    step = 'Reading the backup failed';
+    const clientFailed = new Set<unknown>();
+    let scanner: DumpScanner;
     try {
-      await runScript(client, optionPath.value, stage, tablesPath, p, signal);
+      scanner = await load(req.input, client, optionPath.value, stage, objectsPath, p, signal, clientFailed);
     } catch (err) {
-      if (isAppError(err) && err.code === 'engine_failed') {
+      if (signal.aborted) throw new AppError('cancelled');
+      if (clientFailed.has(err) && isAppError(err) && err.code === 'engine_failed') {
         throw new AppError('engine_failed', `Restoring the backup's tables into a staging database failed, so ${target} was not changed. ${err.message}`);
       }
-      throw err;
+      if (isAppError(err)) throw err;
+      throw new AppError('engine_failed', `Reading the backup failed, so ${target} was not changed: ${(err as Error).message}`);
     }
 
     step = `Checking the restored tables of ${target} failed`;
@@ -263,6 +307,12 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
     }
 
     if (signal.aborted) throw new AppError('cancelled');
+    if (schema.length === 0) {
+      // A new target, or a database that was lost: either way it is created, now that the input proved whole.
+      step = `Creating the database ${target} failed`;
+      await conn.query(`CREATE DATABASE ${quoteId(target)}`);
+      createdTarget = true;
+    }
     step = `Swapping the restored tables into ${target} failed`;
     await swap(conn, target, stage, trash, full, scanner.views, state);
 
@@ -275,10 +325,9 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
       throw err;
     }
 
-    step = `Counting the restored tables of ${target} failed`;
-    const present = await baseTables(conn, target);
-    const counted = full ? present : present.filter((n) => scanner.rows.has(n));
-    const counts = await countRows(conn, target, counted, signal);
+    // The counts of what was restored are those just checked: RENAME moves
+    // the staged tables as they are, so counting them again would only repeat it.
+    const counts = full ? staged : Object.fromEntries(Object.entries(staged).filter(([n]) => scanner.rows.has(n)));
     succeeded = true;
     return { counts: { tables: counts }, warnings: [] };
   } catch (err) {
@@ -293,7 +342,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
     if (succeeded || !(state.renamed && state.trashCreated) || createdTarget) drop.push(trash);
     if (createdTarget && !succeeded) drop.push(target);
     await dropDatabases(p, drop);
-    await Promise.all([tablesPath, objectsPath, optionPath.value].filter(Boolean).map((f) => rm(f, { force: true })));
+    await Promise.all([objectsPath, optionPath.value].filter(Boolean).map((f) => rm(f, { force: true })));
   }
 }
 

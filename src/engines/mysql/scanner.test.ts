@@ -116,4 +116,46 @@ describe('mysql dump scanner', () => {
     s.end();
     assert.deepEqual(Object.fromEntries(s.rows), { a: 3 });
   });
+
+  it('finds the end of strings whatever backslashes and raw bytes they hold, at every chunk boundary', () => {
+    // Values escaped the way mariadb-dump escapes them (mysql_real_escape_string), from random bytes
+    // weighted towards quotes and backslashes, so runs of backslashes before a quote are common.
+    const esc = (b: Buffer) => {
+      const out: number[] = [];
+      for (const c of b) {
+        const e = ({ 0x00: 0x30, 0x0a: 0x6e, 0x0d: 0x72, 0x1a: 0x5a, 0x27: 0x27, 0x22: 0x22, 0x5c: 0x5c } as Record<number, number>)[c];
+        if (e === undefined) out.push(c);
+        else out.push(0x5c, e);
+      }
+      return Buffer.from(out);
+    };
+    let seed = 7;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const pick = [0x27, 0x5c, 0x22, 0x28, 0x29, 0x3b, 0x00, 0x0a, 0x2d, 0x23, 0x2f, 0x2a, 0x60];
+    const value = () => Buffer.from(Array.from({ length: Math.floor(rand() * 12) }, () => (rand() < 0.6 ? pick[Math.floor(rand() * pick.length)]! : Math.floor(rand() * 256))));
+    const parts: Buffer[] = [Buffer.from('CREATE TABLE `b` (`x` blob, `y` text);\n')];
+    let rows = 0;
+    for (let s = 0; s < 20; s++) {
+      parts.push(Buffer.from('INSERT INTO `b` VALUES '));
+      const n = 1 + Math.floor(rand() * 5);
+      for (let r = 0; r < n; r++) {
+        parts.push(Buffer.from(r > 0 ? ",('" : "('"), esc(value()), Buffer.from("',\""), esc(value()), Buffer.from('")'));
+        rows++;
+      }
+      parts.push(Buffer.from(';\n'));
+    }
+    // the edge cases by name: a string of only backslashes, one ending in an escaped backslash, an escaped quote at the end
+    parts.push(Buffer.from("INSERT INTO `b` VALUES ('\\\\','a\\\\'),('\\'','\\\\\\''),('','');\n"));
+    rows += 3;
+    const text = Buffer.concat(parts);
+    const ref = scan(text, 1 << 16);
+    assert.deepEqual(ref.rows, { b: rows });
+    // every statement lands in the table part; the last newline, a statement of its own, in both
+    assert.equal(ref.tables, text.subarray(0, -1).toString());
+    for (let size = 1; size <= 70; size++) {
+      const r = scan(text, size);
+      assert.deepEqual(r.rows, { b: rows }, `chunk size ${size}`);
+      assert.equal(r.tables, ref.tables, `chunk size ${size}`);
+    }
+  });
 });

@@ -29,6 +29,8 @@ const KIND_CREATE_TABLE = 2;
 
 /** bytes kept unprocessed at the end of a chunk so tokens never straddle two chunks */
 const LOOKAHEAD = 32;
+/** bytes of the next chunk lexed together with the carried tail */
+const JOINT = 2 * LOOKAHEAD;
 const HEAD_MAX = 1024;
 /** enough of a statement's start to tell its kind apart */
 const DEST_AT = 64;
@@ -110,12 +112,29 @@ export class DumpScanner {
   }
 
   feed(chunk: Buffer): void {
-    this.run(chunk, false);
+    const carry = this.carry;
+    if (carry === null) {
+      this.scan(chunk, 0, chunk.length - LOOKAHEAD, false);
+      return;
+    }
+    this.carry = null;
+    if (chunk.length <= JOINT) {
+      this.scan(Buffer.concat([carry, chunk]), 0, carry.length + chunk.length - LOOKAHEAD, false);
+      return;
+    }
+    // Only the tokens that start in the carried tail need the next bytes: lex
+    // them in a small joint buffer, then go on in the chunk itself, so a
+    // chunk is never copied.
+    const joint = Buffer.concat([carry, chunk.subarray(0, JOINT)]);
+    const stop = this.scan(joint, 0, carry.length, false, true);
+    this.scan(chunk, stop - carry.length, chunk.length - LOOKAHEAD, false);
   }
 
   /** Call once after the last chunk. */
   end(): void {
-    this.run(EMPTY, true);
+    const rest = this.carry ?? EMPTY;
+    this.carry = null;
+    this.scan(rest, 0, rest.length, true);
     if (this.started || this.pending.length > 0 || this.state === COMMAND) {
       // The client runs a last statement that lacks its delimiter, so it counts too.
       if (this.state === COMMAND) this.finishCommand();
@@ -124,36 +143,58 @@ export class DumpScanner {
     this.buf = EMPTY;
   }
 
-  private run(chunk: Buffer, eof: boolean): void {
-    const buf = this.carry ? (chunk.length > 0 ? Buffer.concat([this.carry, chunk]) : this.carry) : chunk;
-    this.carry = null;
+  /**
+   * Lexes buf from start, beginning no token at or after limit (its bytes
+   * stay for the next chunk, unless joint: then the caller goes on from the
+   * returned position in the buffer that holds the same bytes).
+   */
+  private scan(buf: Buffer, start: number, limit: number, eof: boolean, joint = false): number {
     const len = buf.length;
-    const limit = eof ? len : len - LOOKAHEAD;
     this.buf = buf;
-    this.emitFrom = 0;
-    let i = 0;
+    this.emitFrom = start;
+    let i = start;
     while (i < limit) {
       switch (this.state) {
         case QUOTE: {
           const q = this.quoteChar;
-          const collect = !this.headFrozen;
-          if (!collect && !this.escaped) {
-            // Fast path through string data: only a backslash or the closing quote matter.
-            const backslashes = q !== 0x60;
+          const backslashes = q !== 0x60;
+          if (!this.headFrozen) {
             while (i < len) {
               const c = buf[i]!;
-              if (c === q || (backslashes && c === 0x5c)) break;
               i++;
+              this.pushHead(c);
+              if (this.escaped) this.escaped = false;
+              else if (c === 0x5c && backslashes) this.escaped = true;
+              else if (c === q) {
+                this.state = CODE;
+                break;
+              }
             }
-            if (i >= len) continue;
+            continue;
           }
-          while (i < len) {
-            const c = buf[i]!;
+          // The bulk of a dump is string data: jump from quote to quote
+          // (memchr); a quote ends the string unless an odd run of
+          // backslashes right before it escapes it. Every byte between i and
+          // the quote is inside the string, so the run is counted back to i
+          // at most, where no escape is pending.
+          if (this.escaped) {
+            if (i >= len) continue;
+            this.escaped = false;
             i++;
-            if (collect) this.pushHead(c);
-            if (this.escaped) this.escaped = false;
-            else if (c === 0x5c && q !== 0x60) this.escaped = true;
-            else if (c === q) {
+          }
+          for (;;) {
+            const at = buf.indexOf(q, i);
+            const stop = at === -1 ? len : at;
+            let k = stop;
+            if (backslashes) while (k > i && buf[k - 1] === 0x5c) k--;
+            const odd = ((stop - k) & 1) === 1;
+            if (at === -1) {
+              i = len;
+              this.escaped = odd;
+              break;
+            }
+            i = at + 1;
+            if (!odd) {
               this.state = CODE;
               break;
             }
@@ -224,9 +265,10 @@ export class DumpScanner {
       }
       if (!this.special[c]) {
         if (this.headFrozen) {
-          // Fast path through the bulk of INSERT data.
+          // Fast path through the bulk of INSERT data (numbers, hex blobs, commas).
+          const special = this.special;
           i++;
-          while (i < limit && !this.special[buf[i]!]) i++;
+          while (i < limit && special[buf[i]!] === 0) i++;
         } else {
           this.addCode(c);
           i++;
@@ -297,10 +339,12 @@ export class DumpScanner {
       else this.started = true;
       i++;
     }
-    this.flushTo(Math.min(i, len));
-    if (i < len) this.carry = Buffer.from(buf.subarray(i));
+    const end = Math.min(i, len);
+    this.flushTo(end);
+    if (!joint && end < len) this.carry = Buffer.from(buf.subarray(end));
     this.buf = EMPTY;
     this.emitFrom = 0;
+    return end;
   }
 
   private addCode(c: number): void {

@@ -1,0 +1,145 @@
+// Times the mysql engine alone, against the reference pipelines, on the
+// bench's shop data set: backup (the engine's dump stream written to a file,
+// vs mariadb-dump | zstd -3 and vs mariadb-dump alone) and restore into a new
+// database (the engine reading that file, vs zstd -d | mariadb and vs mariadb
+// alone). No Backvault server, storage or compression: it isolates the
+// engine's own work. Per measurement: wall, CPU of this process (what the
+// engine costs the server's process) and CPU of its children (the tools);
+// median of the runs, the order alternating between engine and reference.
+// Usage: node --import tsx bench/mysql-engine.ts [--size-mb 100] [--runs 3] [--reuse] [--keep]
+//   --reuse: keep using database bench_myeng if it exists (skip generating);
+//   --keep:  leave bench_myeng in place at the end (for a later --reuse).
+import { createReadStream, createWriteStream, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { parseArgs } from 'node:util';
+import { mysqlEngine } from '../src/engines/mysql/index.ts';
+import type { ObjectCounts } from '../src/domain/types.ts';
+import { dropMy, loadMy } from './lib/datasets.ts';
+import { MY, MY_URL, q, sh } from './lib/sh.ts';
+import { writeTables } from './lib/tables.ts';
+
+const { values: opts } = parseArgs({
+  options: {
+    'size-mb': { type: 'string', default: '100' },
+    runs: { type: 'string', default: '3' },
+    reuse: { type: 'boolean', default: false },
+    keep: { type: 'boolean', default: false },
+  },
+});
+const sizeMb = Number(opts['size-mb']);
+const runs = Number(opts.runs);
+const SRC = 'bench_myeng';
+const RBV = 'bench_myeng_rbv';
+const RREF = 'bench_myeng_rref';
+const signal = new AbortController().signal;
+const work = await mkdtemp(join(tmpdir(), 'bv-myeng-'));
+const log = (s: string) => console.error(`[${new Date().toISOString().slice(11, 19)}] ${s}`);
+
+const TICK = Number((await sh('getconf CLK_TCK')).stdout.trim()) || 100;
+/** CPU seconds of waited-for children (cutime + cstime of /proc/self/stat). */
+function childCpu(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // fields 16 and 17 of stat; f[0] is field 3
+  return (Number(f[13]) + Number(f[14])) / TICK;
+}
+
+interface Sample {
+  wall: number;
+  cpu: number;
+  childCpu: number;
+}
+
+async function timed(fn: () => Promise<unknown>): Promise<Sample> {
+  const c0 = process.cpuUsage();
+  const k0 = childCpu();
+  const t0 = performance.now();
+  await fn();
+  const wall = (performance.now() - t0) / 1000;
+  const c = process.cpuUsage(c0);
+  return { wall, cpu: (c.user + c.system) / 1e6, childCpu: childCpu() - k0 };
+}
+
+async function exists(db: string): Promise<boolean> {
+  const r = await sh(`${MY} -N -e ${q(`SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '${db}'`)}`);
+  return Number(r.stdout.trim()) >= 4;
+}
+
+if (!(opts.reuse && (await exists(SRC)))) {
+  log(`generating about ${sizeMb} MB of shop tables`);
+  const files = await writeTables(work, sizeMb * 1e6, 42);
+  log(`loading MariaDB ${SRC}`);
+  await loadMy(SRC, files);
+  await Promise.all(files.map((f) => rm(f.file, { force: true })));
+}
+
+const bvFile = join(work, 'engine.sql');
+const refFile = join(work, 'ref.sql.zst');
+const rawFile = join(work, 'ref.sql');
+const DUMP = `mariadb-dump -h 127.0.0.1 -u root --single-transaction ${SRC}`;
+let counts: ObjectCounts = {};
+
+const measurements: Record<string, { label: string; run: () => Promise<unknown>; after?: () => Promise<void> }> = {
+  backup: {
+    label: 'engine backup (dump stream -> file)',
+    run: async () => {
+      const out = await mysqlEngine.dump({ resource: { name: 'db', type: 'mysql', connection: MY_URL(SRC), options: {} }, selection: null, exclude: [], useReplica: false, workDir: join(work, 'wd'), signal });
+      await pipeline(out.stream, createWriteStream(bvFile));
+      counts = (await out.info).counts;
+    },
+  },
+  ref_backup: { label: `reference: ${DUMP} | zstd -3 > file`, run: () => sh(`${DUMP} | zstd -3 -q -f -o ${q(refFile)}`) },
+  ref_backup_raw: { label: `reference: ${DUMP} > file`, run: () => sh(`${DUMP} > ${q(rawFile)}`) },
+  restore: {
+    label: 'engine restore, new database (file -> engine)',
+    run: () => mysqlEngine.restore({ target: { name: 'db', type: 'mysql', connection: MY_URL(RBV), options: {} }, input: createReadStream(bvFile), expected: counts, mode: 'new_target', partial: false, workDir: join(work, 'wd'), signal }),
+    after: () => dropMy(RBV),
+  },
+  ref_restore: {
+    label: 'reference: CREATE DATABASE; zstd -d < file | mariadb new',
+    run: () => sh(`${MY} -e 'CREATE DATABASE ${RREF}' && zstd -dq < ${q(refFile)} | ${MY} ${RREF}`),
+    after: () => dropMy(RREF),
+  },
+  ref_restore_raw: {
+    label: 'reference: CREATE DATABASE; mariadb new < file',
+    run: () => sh(`${MY} -e 'CREATE DATABASE ${RREF}' && ${MY} ${RREF} < ${q(rawFile)}`),
+    after: () => dropMy(RREF),
+  },
+};
+
+const samples: Record<string, Sample[]> = Object.fromEntries(Object.keys(measurements).map((k) => [k, []]));
+const loads: number[] = [];
+try {
+  await dropMy(RBV);
+  await dropMy(RREF);
+  for (let r = 0; r < runs; r++) {
+    loads.push(loadavg()[0]!);
+    // Backups first (the restores read their files); engine and reference alternate which goes first.
+    const order = r % 2 === 0 ? [['backup', 'ref_backup', 'ref_backup_raw'], ['restore', 'ref_restore', 'ref_restore_raw']] : [['ref_backup', 'ref_backup_raw', 'backup'], ['ref_restore', 'ref_restore_raw', 'restore']];
+    for (const key of order.flat()) {
+      const m = measurements[key]!;
+      const s = await timed(m.run);
+      await m.after?.();
+      samples[key]!.push(s);
+      log(`run ${r + 1}: ${key} ${s.wall.toFixed(2)} s wall, ${s.cpu.toFixed(2)} s cpu, ${s.childCpu.toFixed(2)} s children`);
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const m = (k: string, f: keyof Sample) => median(samples[k]!.map((s) => s[f]));
+  console.log(`\nmysql engine, ${(statSync(bvFile).size / 1e6).toFixed(1)} MB dump, rows ${JSON.stringify(counts.tables)}, median of ${runs}; load average (1 min) at each run: ${loads.map((x) => x.toFixed(1)).join(', ')}\n`);
+  console.log('| measurement | wall | this process CPU | children CPU | runs (wall) |');
+  console.log('| --- | --- | --- | --- | --- |');
+  for (const [k, def] of Object.entries(measurements)) {
+    console.log(`| ${def.label} | ${m(k, 'wall').toFixed(2)} s | ${m(k, 'cpu').toFixed(2)} s | ${m(k, 'childCpu').toFixed(2)} s | ${samples[k]!.map((s) => s.wall.toFixed(2)).join(', ')} |`);
+  }
+  const ratio = (a: string, b: string) => (m(a, 'wall') / m(b, 'wall')).toFixed(2);
+  console.log(`\nbackup ${ratio('backup', 'ref_backup')}x the zstd pipeline (${ratio('backup', 'ref_backup_raw')}x mariadb-dump alone); restore ${ratio('restore', 'ref_restore')}x the zstd pipeline (${ratio('restore', 'ref_restore_raw')}x mariadb alone)`);
+} finally {
+  await dropMy(RBV).catch(() => {});
+  await dropMy(RREF).catch(() => {});
+  if (!opts.keep) await dropMy(SRC).catch(() => {});
+  await rm(work, { recursive: true, force: true });
+}
