@@ -147,7 +147,7 @@ try {
 } finally {
   await bv.stop();
   if (values['cpu-prof']) {
-    const [file] = (await readdir(profDir)).filter((f) => f.endsWith('.cpuprofile'));
+    const [file] = (await readdir(profDir)).filter((f) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f)); // the main thread's
     for (const w of await summarize(join(profDir, file!), windows, 15)) {
       log(`\n${w.label}: busy ${(w.busyShare * 100).toFixed(1)}%, gc ${(w.gcShare * 100).toFixed(1)}%`);
       for (const t of w.top) log(`  ${(t.share * 100).toFixed(1).padStart(5)}%  ${t.fn}`);

@@ -49,6 +49,9 @@ function log(msg: string): void {
   process.stderr.write(`[bench ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${msg}\n`);
 }
 
+/** node names profiles CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile; thread 0 is the main thread (the event loop). */
+const isMainThreadProfile = (f: string) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f);
+
 const monoUs = () => Number(process.hrtime.bigint() / 1000n);
 
 async function machine(): Promise<Record<string, string>> {
@@ -403,7 +406,7 @@ async function profileRun(data: Data, dir: string): Promise<WindowSummary[]> {
   } finally {
     await bv.stop();
   }
-  const file = (await readdir(profDir)).find((f) => f.endsWith('.cpuprofile'));
+  const file = (await readdir(profDir)).find(isMainThreadProfile);
   if (!file) throw new Error('no .cpuprofile written');
   return summarize(join(profDir, file), windows, 8);
 }
@@ -419,7 +422,7 @@ async function apiPhase(): Promise<ApiResult> {
   const windows: { label: string; startUs: number; endUs: number }[] = [];
   let result: Omit<ApiResult, 'profile'>;
   try {
-    // Tiny files resources: the cheapest honest backup (the sqlite engine starts a worker thread per task, see RESULTS.md).
+    // Tiny files resources: the cheapest honest backup.
     const tiny = join(dir, 'tiny');
     await mkdir(tiny, { recursive: true });
     await writeFile(join(tiny, 'notes.txt'), 'a tiny resource for seeding the catalog\n');
@@ -451,6 +454,18 @@ async function apiPhase(): Promise<ApiResult> {
     windows.push({ label: 'GET /backups?per_page=50, 10 connections', startUs: w0, endUs: monoUs() });
     const single = await autocannon({ url: `${bv.url}/api/v1/backups?per_page=50`, connections: 1, duration: Math.max(3, Math.round(opt.apiSeconds / 2)), headers });
     const one = await autocannon({ url: `${bv.url}/api/v1/backups?per_page=50&page=20`, connections: 10, duration: Math.max(3, Math.round(opt.apiSeconds / 2)), headers });
+    // The same list while the catalog never stops changing, so answers are
+    // recomputed instead of reused (the worst case for the answer cache).
+    let churning = true;
+    let writes = 0;
+    const churn = (async () => {
+      while (churning) await bv.api('PATCH', '/instances/api-0', { description: `churn ${writes++}` });
+    })();
+    w0 = monoUs();
+    const churned = await autocannon({ url: `${bv.url}/api/v1/backups?per_page=50`, connections: 10, duration: Math.max(3, Math.round(opt.apiSeconds / 2)), headers });
+    windows.push({ label: 'GET /backups?per_page=50, 10 connections, catalog changing', startUs: w0, endUs: monoUs() });
+    churning = false;
+    await churn;
 
     log('api: 100 concurrent POST /instances/{i}/backups');
     const before = (await bv.api('GET', '/backups?per_page=1')).pagination.total as number;
@@ -498,6 +513,7 @@ async function apiPhase(): Promise<ApiResult> {
       list: { ...hist(list), requests: list.requests.total, non2xx: list.non2xx, errors: list.errors },
       listSingle: { ...hist(single), requests: single.requests.total, non2xx: single.non2xx, errors: single.errors },
       listPage20: { ...hist(one), requests: one.requests.total, non2xx: one.non2xx, errors: one.errors },
+      listChurn: { ...hist(churned), requests: churned.requests.total, non2xx: churned.non2xx, errors: churned.errors, writes },
       posts: {
         ...hist(post),
         sent: post.requests.total,
@@ -513,7 +529,7 @@ async function apiPhase(): Promise<ApiResult> {
   } finally {
     await bv.stop();
   }
-  const file = (await readdir(profDir)).find((f) => f.endsWith('.cpuprofile'));
+  const file = (await readdir(profDir)).find(isMainThreadProfile);
   return { ...result, profile: file ? await summarize(join(profDir, file), windows, 12) : undefined };
 }
 
