@@ -1,15 +1,21 @@
 // Times the files engine alone: dump a tree of many small files, then restore
 // it into a new directory, N times; prints the median restore time. No server,
 // no storage: it isolates the engine's own write path.
-// Usage: node --import tsx bench/files-restore.ts [files=5000] [size=8000] [runs=3]
+// Usage: node --import tsx bench/files-restore.ts [files=5000] [size=8000] [runs=3] [engine dir]
+// (an engine dir other than src/engines/files times an older copy the same way; bench/files-engine.ts
+// times backup and restore of the benchmark's tree against tar)
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough } from 'node:stream';
-import { filesEngine } from '../src/engines/files/index.ts';
+import { pathToFileURL } from 'node:url';
+import type { Engine } from '../src/engines/engine.ts';
 
-const [files = 5000, size = 8000, runs = 3] = process.argv.slice(2).map(Number);
+const [files = 5000, size = 8000, runs = 3] = process.argv.slice(2, 5).map(Number);
+const engineDir = process.argv[5] ? resolve(process.argv[5]) : new URL('../src/engines/files/', import.meta.url).pathname;
+const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+const { filesEngine } = (await import(pathToFileURL(join(engineDir, `index.${ext}`)).href)) as { filesEngine: Engine };
 const root = mkdtempSync(join(tmpdir(), 'bv-files-bench-'));
 const src = join(root, 'src');
 mkdirSync(src);

@@ -12,7 +12,7 @@ import { Carrier, planCarry } from './carry.ts';
 import { dumpTree } from './dump.ts';
 import { extractInto, overlayInto, swapContents, swapInto } from './restore.ts';
 import { checkGlobs, PathFilter } from './select.ts';
-import { byteCompare, countTree } from './tree.ts';
+import { byteCompare } from './tree.ts';
 
 function checkPath(connection: unknown): string {
   if (typeof connection !== 'string' || connection === '' || connection.includes('\0') || !isAbsolute(connection)) {
@@ -125,13 +125,12 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
   /** set when carried-over paths could not be put back: staging then holds the user's data and must stay */
   let keepStaging = false;
   try {
-    const list = await extractInto(staging, req.input, signal);
-    // Counted before anything is carried over (below), so counts and
-    // tree_sha256 describe exactly the backed-up paths: what the manifest
-    // recorded at dump time, where the same options kept the carried paths
-    // out of the count too. Counting the carried paths would make every
+    // Counted as extracted, before anything is carried over (below), so
+    // counts and tree_sha256 describe exactly the backed-up paths: what the
+    // manifest recorded at dump time, where the same options kept the carried
+    // paths out of the count too. Counting the carried paths would make every
     // restore of a resource with exclusions "not match" its backup.
-    const counts = await countTree(staging, signal);
+    const { list, counts } = await extractInto(staging, req.input, signal);
     // Check before anything is visible: a mismatch leaves the target as it was.
     const diffs = compareCounts(req.expected, counts);
     if (diffs.length > 0) {

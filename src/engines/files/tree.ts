@@ -2,8 +2,8 @@
 // sorted "d/f/l" lines whose sha256 is the tree's fingerprint. The walk never
 // follows symlinks, so nothing outside the tree is ever read.
 import { createHash } from 'node:crypto';
-import { createReadStream, type Stats } from 'node:fs';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ObjectCounts } from '../../domain/types.ts';
 import { AppError } from '../../errors/index.ts';
@@ -51,16 +51,6 @@ export function summarize(lines: TreeLine[]): ObjectCounts {
   return { files, directories, symlinks, bytes, tree_sha256: hash.digest('hex') };
 }
 
-export async function hashFile(path: string, signal?: AbortSignal): Promise<{ size: number; sha256: string }> {
-  const hash = createHash('sha256');
-  let size = 0;
-  for await (const chunk of createReadStream(path, { signal })) {
-    hash.update(chunk as Buffer);
-    size += (chunk as Buffer).length;
-  }
-  return { size, sha256: hash.digest('hex') };
-}
-
 export interface WalkEntry {
   /** relative path, '/'-separated, no leading './' */
   rel: string;
@@ -79,6 +69,45 @@ function kindOf(st: Stats): WalkEntry['kind'] {
 function isNotFound(err: unknown): boolean {
   return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
 }
+
+/** A settled result, kept until it is wanted; unwrap() throws the failure. */
+export class Settled<T> {
+  private constructor(
+    private readonly ok: boolean,
+    private readonly value: T | undefined,
+    private readonly error: unknown,
+  ) {}
+
+  static of<T>(p: Promise<T>): Promise<Settled<T>> {
+    return p.then(
+      (v) => new Settled<T>(true, v, undefined),
+      (e: unknown) => new Settled<T>(false, undefined, e),
+    );
+  }
+
+  unwrap(): T {
+    if (!this.ok) throw this.error;
+    return this.value as T;
+  }
+}
+
+/**
+ * Runs fn over items with up to `ahead` calls in flight and yields the
+ * results in the items' order: the thread pool works on the next entries
+ * while the caller handles this one. A caller that stops early leaves at
+ * most `ahead` calls running, whose failures are already caught.
+ */
+export async function* inOrder<T, R>(items: T[], ahead: number, fn: (item: T) => Promise<R>): AsyncGenerator<[T, Settled<R>]> {
+  const running: Promise<Settled<R>>[] = [];
+  let next = 0;
+  for (let i = 0; i < items.length; i++) {
+    while (next < items.length && next < i + ahead) running.push(Settled.of(fn(items[next++]!)));
+    yield [items[i]!, await running.shift()!];
+  }
+}
+
+/** lstat calls in flight while a directory is walked. */
+const STAT_AHEAD = 32;
 
 /**
  * Walks root depth-first in sorted order and calls onEntry for every entry
@@ -116,14 +145,16 @@ export async function walkTree(
       throw new AppError('engine_failed', `Cannot read the directory ${dirAbs}: ${(err as Error).message}`, undefined, { cause: err });
     }
     names.sort(byteCompare);
+    const todo: { name: string; rel: string; abs: string }[] = [];
     for (const name of names) {
-      if (signal?.aborted) throw new AppError('cancelled');
       const rel = dirRel === '' ? name : `${dirRel}/${name}`;
-      if (filter?.excluded(rel)) continue;
-      const abs = join(dirAbs, name);
+      if (!filter?.excluded(rel)) todo.push({ name, rel, abs: join(dirAbs, name) });
+    }
+    for await (const [{ name, rel, abs }, stat] of inOrder(todo, STAT_AHEAD, (t) => lstat(t.abs))) {
+      if (signal?.aborted) throw new AppError('cancelled');
       let st: Stats;
       try {
-        st = await lstat(abs);
+        st = stat.unwrap();
       } catch (err) {
         if (!isNotFound(err)) throw new AppError('engine_failed', `Cannot stat ${abs}: ${(err as Error).message}`, undefined, { cause: err });
         // Node decodes names as UTF-8; a name that is not valid UTF-8 cannot be opened by its decoded form.
@@ -149,28 +180,4 @@ export async function walkTree(
     }
   };
   await visit(root, '', [], filter ? filter.rootInherited() : []);
-}
-
-/** Counts everything under root (without a filter), or only the given relative paths. */
-export async function countTree(root: string, signal?: AbortSignal): Promise<ObjectCounts> {
-  const lines: TreeLine[] = [];
-  await walkTree(
-    root,
-    null,
-    async (e) => {
-      const line = await describe(e.abs, e.rel, e.stat, signal);
-      if (line) lines.push(line);
-    },
-    () => {},
-    signal,
-  );
-  return summarize(lines);
-}
-
-/** The tree line of one entry on disk (null for sockets, fifos, devices). */
-export async function describe(abs: string, rel: string, st: Stats, signal?: AbortSignal): Promise<TreeLine | null> {
-  if (st.isDirectory()) return { kind: 'd', path: rel };
-  if (st.isSymbolicLink()) return { kind: 'l', path: rel, target: await readlink(abs) };
-  if (st.isFile()) return { kind: 'f', path: rel, ...(await hashFile(abs, signal)) };
-  return null;
 }
