@@ -2,7 +2,7 @@
 // data directory, driven through its native API as a user would, and watched
 // through /proc (resident memory, CPU time).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readFileSync } from 'node:fs';
 import { readFile, mkdir } from 'node:fs/promises';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
@@ -25,6 +25,19 @@ const running = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const c of running) c.kill('SIGKILL');
 });
+
+/** The environment assignments and node flags of the bin's `#!/usr/bin/env -S ... node ...` line. */
+function shebangSettings(bin: string): { env: Record<string, string>; nodeArgs: string[] } {
+  const tokens = readFileSync(bin, 'utf8').split('\n')[0]!.replace(/^#!\S+\s+-S\s+/, '').trim().split(/\s+/);
+  const env: Record<string, string> = {};
+  let i = 0;
+  for (; i < tokens.length && tokens[i]!.includes('='); i++) {
+    const [k, v] = tokens[i]!.split('=') as [string, string];
+    env[k] = v;
+  }
+  if (tokens[i] !== 'node') throw new Error(`unexpected shebang in ${bin}`);
+  return { env, nodeArgs: tokens.slice(i + 1) };
+}
 
 export class ApiError extends Error {
   constructor(
@@ -51,13 +64,20 @@ export class Backvault {
     const port = await freePort();
     this.url = `http://127.0.0.1:${port}`;
     // Started the way a user starts it: the bin as an executable, so its
-    // shebang's runtime settings apply; a profile is asked for through NODE_OPTIONS.
-    const profile = this.options.cpuProfDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${this.options.cpuProfDir}` } : {};
-    this.child = spawn(join(ROOT, 'bin', 'backvault.js'), ['serve', '--dir', this.dir, '--http', `127.0.0.1:${port}`], {
+    // shebang's runtime settings apply. node refuses --cpu-prof in
+    // NODE_OPTIONS, so a profiled server is started by node with the
+    // shebang's settings read from the bin itself.
+    const bin = join(ROOT, 'bin', 'backvault.js');
+    const serveArgs = ['serve', '--dir', this.dir, '--http', `127.0.0.1:${port}`];
+    const shebang = shebangSettings(bin);
+    const [command, args, profileEnv] = this.options.cpuProfDir
+      ? [process.execPath, [...shebang.nodeArgs, '--cpu-prof', `--cpu-prof-dir=${this.options.cpuProfDir}`, bin, ...serveArgs], shebang.env]
+      : [bin, serveArgs, {}];
+    this.child = spawn(command, args, {
       cwd: ROOT,
       // The default rate limit (1,200 requests a minute per key) would turn a
       // load test into a test of the rate limiter: raised for the bench only.
-      env: { ...process.env, BACKVAULT_RATE_LIMIT_PER_MINUTE: '100000000', ...profile, ...this.options.env },
+      env: { ...process.env, BACKVAULT_RATE_LIMIT_PER_MINUTE: '100000000', ...profileEnv, ...this.options.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.pid = this.child.pid!;

@@ -32,3 +32,30 @@ test('an abort stops the tool and rejects with cancelled', async () => {
   setTimeout(() => ac.abort(), 50);
   await assert.rejects(tool.done, (err: any) => err.code === 'cancelled');
 });
+
+async function readAll(tool: ReturnType<typeof startTool>): Promise<{ text: string; reads: number }> {
+  let text = '';
+  let reads = 0;
+  tool.child.stdout!.on('data', (c: Buffer) => {
+    reads++;
+    text += c.toString('utf8');
+  });
+  await tool.done;
+  return { text, reads };
+}
+
+test('stdoutBuffer runs the tool itself with a large stdio buffer for its stdout, bytes unchanged', async () => {
+  // stdbuf passes the size to the tool's C library through _STDBUF_O and then execs the tool.
+  const env = await readAll(startTool('env', [], { stdout: 'pipe', stdoutBuffer: '1M' }));
+  assert.match(env.text, /^_STDBUF_O=1048576$/m);
+  const plain = await readAll(startTool('seq', ['1', '300000'], { stdout: 'pipe' }));
+  const buffered = await readAll(startTool('seq', ['1', '300000'], { stdout: 'pipe', stdoutBuffer: '1M' }));
+  assert.ok(plain.text.length > 1_000_000);
+  assert.equal(buffered.text, plain.text);
+});
+
+test('a missing tool behind stdoutBuffer is still tool_missing, named by the tool', async () => {
+  const tool = startTool('no-such-dump-tool', [], { stdout: 'pipe', stdoutBuffer: '1M' });
+  tool.child.stdout!.resume();
+  await assert.rejects(tool.done, (err: Error & { code?: string }) => err.code === 'tool_missing' && /no-such-dump-tool/.test(err.message) && !/stdbuf/.test(err.message));
+});

@@ -2,6 +2,8 @@
 // a shell; secrets only through the environment or private files, never argv;
 // stderr kept (bounded) for error messages, with known secrets scrubbed.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
 import { AppError } from '../errors/index.ts';
 
 export interface ToolOptions {
@@ -14,7 +16,25 @@ export interface ToolOptions {
   stdin?: 'pipe' | 'ignore';
   /** 'pipe' to read the tool's stdout as a stream */
   stdout?: 'pipe' | 'ignore';
+  /**
+   * A larger stdio buffer for the tool's stdout (stdbuf -o, e.g. '1M'), when
+   * coreutils' stdbuf is installed. Dump tools write through a 4-8 KiB stdio
+   * buffer: each write becomes one pipe read here, one Buffer for the garbage
+   * collector and one trip through every stream stage. stdbuf execs the tool,
+   * so the process and its argv are the tool's own.
+   */
+  stdoutBuffer?: string;
   cwd?: string;
+}
+
+let stdbuf: string | null | undefined;
+/** stdbuf's absolute path from PATH, or null; looked up once. */
+function stdbufPath(): string | null {
+  if (stdbuf === undefined) {
+    const dirs = (process.env.PATH ?? '').split(delimiter).filter((d) => d.startsWith('/'));
+    stdbuf = dirs.map((d) => join(d, 'stdbuf')).find((p) => existsSync(p)) ?? null;
+  }
+  return stdbuf;
 }
 
 export interface RunningTool {
@@ -34,7 +54,8 @@ export function scrub(text: string, secrets: string[] = []): string {
 }
 
 export function startTool(command: string, args: string[], options: ToolOptions = {}): RunningTool {
-  const child = spawn(command, args, {
+  const wrapper = options.stdoutBuffer ? stdbufPath() : null;
+  const child = spawn(wrapper ?? command, wrapper ? ['-o', options.stdoutBuffer!, command, ...args] : args, {
     stdio: [options.stdin ?? 'ignore', options.stdout ?? 'pipe', 'pipe'],
     env: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LANG: 'C.UTF-8', HOME: process.env.HOME ?? '/tmp', ...options.env },
     cwd: options.cwd,
@@ -57,6 +78,8 @@ export function startTool(command: string, args: string[], options: ToolOptions 
       options.signal?.removeEventListener('abort', onAbort);
       if (options.signal?.aborted) return reject(new AppError('cancelled', `${command} was stopped: the job was cancelled.`));
       if (code === 0) return resolve();
+      // stdbuf exits 127 when it cannot run the tool itself.
+      if (wrapper && code === 127 && /stdbuf: failed to run command/.test(tail)) return reject(new AppError('tool_missing', `${command} is not installed on the server.`));
       const msg = scrub(tail.trim(), options.secrets).split('\n').slice(-8).join('\n');
       reject(new AppError('engine_failed', `${command} failed (${code === null ? `signal ${sig}` : `exit ${code}`})${msg ? `: ${msg}` : ''}`));
     });

@@ -65,22 +65,11 @@ export async function dump(req: DumpRequest): Promise<DumpOutput> {
   // No --databases: the dump then holds no CREATE DATABASE/USE and restores into any database name.
   args.push('--', p.database, ...(tables ?? []));
 
-  // mariadb-dump writes through a 4 KiB stdio buffer: every write is a pipe
-  // read here, a Buffer for the GC and a trip through the hash, the
-  // compressor and storage. stdbuf (coreutils) gives it a 1 MiB one, so the
-  // pipe is read 64 KiB at a time; stdbuf execs the tool, so the process
-  // (and its argv) is the tool's own.
-  const stdbuf = await findTool(['stdbuf']).catch(() => null);
-  const child = stdbuf ? startTool(stdbuf, ['-o', '1M', tool, ...args], { secrets: [p.password], signal }) : startTool(tool, args, { secrets: [p.password], signal });
+  // mariadb-dump writes 4 KiB at a time: a 1 MiB stdio buffer makes the pipe reads 64 KiB.
+  const child = startTool(tool, args, { secrets: [p.password], signal, stdoutBuffer: '1M' });
   const scanner = new DumpScanner();
   let exited = false;
-  const named = stdbuf
-    ? child.done.catch((err: unknown) => {
-        // Messages name the tool, not the wrapper.
-        throw isAppError(err) && err.message.startsWith(`${stdbuf} `) ? new AppError(err.code, tool + err.message.slice(stdbuf.length), err.details) : err;
-      })
-    : child.done;
-  const done = named.finally(() => {
+  const done = child.done.finally(() => {
     exited = true;
     void rm(optionFile, { force: true });
   });

@@ -105,7 +105,8 @@ async function dump(req: DumpRequest): Promise<DumpOutput> {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     const snapshot = (await client.query<{ id: string }>('SELECT pg_catalog.pg_export_snapshot() AS id')).rows[0]!.id;
     const args = ['--no-password', '--format=custom', '--compress=0', `--snapshot=${snapshot}`, ...filter.args, '--dbname', dbnameArg(conn.database)];
-    const tool = startTool(pgDump.path, args, { env: toolEnv(conn), secrets: secretsOf(conn), signal });
+    // pg_dump writes ~9 KiB at a time; a 1 MiB stdio buffer makes the pipe reads 64 KiB (6x fewer).
+    const tool = startTool(pgDump.path, args, { env: toolEnv(conn), secrets: secretsOf(conn), signal, stdoutBuffer: '1M' });
     prepared = { server, pgDump, filter, tool };
   } catch (err) {
     await close();
