@@ -13,7 +13,7 @@
 // (/proc/PID/stat), which a busy shared machine disturbs less than wall time.
 import autocannon from 'autocannon';
 import Database from 'better-sqlite3';
-import { cp, mkdtemp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -61,28 +61,9 @@ await bv.start();
 const windows: { label: string; startUs: number; endUs: number }[] = [];
 try {
   if (values.seed === undefined) {
-    const tiny = join(dir, 'tiny');
-    await mkdir(tiny, { recursive: true });
-    await writeFile(join(tiny, 'notes.txt'), 'a tiny resource for seeding the catalog\n');
     const instances = Array.from({ length: 20 }, (_, i) => `api-${i}`);
-    for (const i of instances) await bv.ensureInstance(i, [{ name: 'notes', type: 'files', connection: tiny }]);
     const t0 = performance.now();
-    let n = 0;
-    await Promise.all(
-      Array.from({ length: 16 }, async () => {
-        while (n < total) {
-          const i = instances[n++ % instances.length]!;
-          await bv.api('POST', `/instances/${i}/backups`, { type: 'full', label: 'seed' });
-        }
-      }),
-    );
-    for (;;) {
-      const done = await bv.api('GET', '/backups?status=success&per_page=1');
-      const failed = await bv.api('GET', '/backups?status=error&per_page=1');
-      if (failed.pagination.total > 0) throw new Error(`${failed.pagination.total} seed backups failed`);
-      if (done.pagination.total >= total) break;
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    await bv.seedBackups(instances, total, join(dir, 'tiny'));
     log(`seeded ${total} backups in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   } else {
     const all = await bv.api('GET', '/backups?per_page=1');

@@ -422,30 +422,10 @@ async function apiPhase(): Promise<ApiResult> {
   const windows: { label: string; startUs: number; endUs: number }[] = [];
   let result: Omit<ApiResult, 'profile'>;
   try {
-    // Tiny files resources: the cheapest honest backup.
-    const tiny = join(dir, 'tiny');
-    await mkdir(tiny, { recursive: true });
-    await writeFile(join(tiny, 'notes.txt'), 'a tiny resource for seeding the catalog\n');
     const instances = Array.from({ length: 20 }, (_, i) => `api-${i}`);
-    for (const i of instances) await bv.ensureInstance(i, [{ name: 'notes', type: 'files', connection: tiny }]);
     log(`api: seeding ${opt.apiBackups} backups (tiny files resources, through POST /instances/{i}/backups)`);
     const seedStart = performance.now();
-    let n = 0;
-    await Promise.all(
-      Array.from({ length: 16 }, async () => {
-        while (n < opt.apiBackups) {
-          const i = instances[n++ % instances.length]!;
-          await bv.api('POST', `/instances/${i}/backups`, { type: 'full', label: 'seed' });
-        }
-      }),
-    );
-    for (;;) {
-      const done = await bv.api('GET', '/backups?status=success&per_page=1');
-      const failed = await bv.api('GET', '/backups?status=error&per_page=1');
-      if (failed.pagination.total > 0) throw new Error(`${failed.pagination.total} seed backups failed`);
-      if (done.pagination.total >= opt.apiBackups) break;
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    await bv.seedBackups(instances, opt.apiBackups, join(dir, 'tiny'));
     const seedMs = performance.now() - seedStart;
     log(`api: ${opt.apiBackups} backups in ${(seedMs / 1000).toFixed(1)} s; autocannon GET /api/v1/backups?per_page=50 for ${opt.apiSeconds} s`);
     const headers = { authorization: `Bearer ${bv.key}` };

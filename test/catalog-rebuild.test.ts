@@ -6,40 +6,17 @@
 // with nothing but the bucket.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { loadConfig, type Config } from '../src/config/index.ts';
 import { startServer } from '../src/main.ts';
-import { tempDir, waitFor, type Api } from './helpers.ts';
+import { tempDir, waitFor, type Api, runCli } from './helpers.ts';
 import { s3Connection, s3AdminClient } from './s3-env.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** The bin in a child process; async, so a server in this process keeps serving. */
-function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BACKVAULT_'))) as Record<string, string>;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/backvault.js', ...args], { cwd: ROOT, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 function apiFor(url: string, key: string): Api {
   return async (method, path, body, k = key) => {
@@ -151,7 +128,7 @@ describe('catalog rebuild from local storage', () => {
       }
 
       // While the server holds the directory, a rebuild must refuse and change nothing.
-      const refused = await cli(['catalog', 'rebuild', '--dir', dataDir]);
+      const refused = await runCli(['catalog', 'rebuild', '--dir', dataDir]);
       assert.equal(refused.status, 1, refused.stderr);
       assert.match(refused.stderr, /another Backvault server \(pid \d+\) is using/);
       assert.match(refused.stderr, /needs the catalog to itself/);
@@ -181,7 +158,7 @@ describe('catalog rebuild from local storage', () => {
     await mkdir(join(storage, invalid), { recursive: true });
     await writeFile(join(storage, invalid, 'manifest.json'), JSON.stringify({ format: 'backvault/1', backup_id: invalid }));
 
-    const dry = await cli(['--json', 'catalog', 'rebuild', '--dir', dataDir, '--dry-run']);
+    const dry = await runCli(['--json', 'catalog', 'rebuild', '--dir', dataDir, '--dry-run']);
     assert.equal(dry.status, 0, dry.stderr);
     const planned = JSON.parse(dry.stdout);
     assert.equal(planned.dry_run, true);
@@ -190,13 +167,13 @@ describe('catalog rebuild from local storage', () => {
     assert.deepEqual(planned.backups.inserted.map((b: any) => b.id).sort(), [...originals.keys()].sort());
     assert.equal(existsSync(join(dataDir, 'catalog.db')), false, 'a dry run writes no catalog');
 
-    const human = await cli(['catalog', 'rebuild', '--dir', dataDir, '--dry-run']);
+    const human = await runCli(['catalog', 'rebuild', '--dir', dataDir, '--dry-run']);
     assert.equal(human.status, 0, human.stderr);
     assert.match(human.stdout, /Backups: 4 would be added/);
     assert.match(human.stdout, /without resources/);
     assert.match(human.stdout, /Dry run: nothing was written/);
 
-    const run = await cli(['--json', 'catalog', 'rebuild', '--dir', dataDir]);
+    const run = await runCli(['--json', 'catalog', 'rebuild', '--dir', dataDir]);
     assert.equal(run.status, 0, run.stderr);
     const report = JSON.parse(run.stdout);
     assert.equal(report.dry_run, false);
@@ -261,7 +238,7 @@ describe('catalog rebuild from local storage', () => {
     const stamps = Object.fromEntries((before.prepare('SELECT id, updated_at FROM backups').all() as { id: string; updated_at: string }[]).map((r) => [r.id, r.updated_at]));
     before.close();
 
-    const again = await cli(['--json', 'catalog', 'rebuild', '--dir', dataDir]);
+    const again = await runCli(['--json', 'catalog', 'rebuild', '--dir', dataDir]);
     assert.equal(again.status, 0, again.stderr);
     const same = JSON.parse(again.stdout);
     assert.equal(same.backups.inserted.length, 0);
@@ -277,7 +254,7 @@ describe('catalog rebuild from local storage', () => {
     db.prepare(`DELETE FROM instances WHERE name = 'blog'`).run();
     db.close();
 
-    const repaired = JSON.parse((await cli(['--json', 'catalog', 'rebuild', '--dir', dataDir])).stdout);
+    const repaired = JSON.parse((await runCli(['--json', 'catalog', 'rebuild', '--dir', dataDir])).stdout);
     assert.deepEqual(repaired.backups.inserted.map((b: any) => b.id), [dropped]);
     assert.deepEqual(repaired.backups.updated.map((b: any) => [b.id, b.fields]), [[damaged, ['size', 'resources']]]);
     assert.deepEqual(repaired.conflicts.map((c: any) => c.backup_id), [failed]);
@@ -302,7 +279,7 @@ describe('catalog rebuild from local storage', () => {
     const path = join(dataDir, 'catalog.db');
     await removeCatalog(dataDir);
     await writeFile(path, randomBytes(8192));
-    const run = await cli(['catalog', 'rebuild', '--dir', dataDir]);
+    const run = await runCli(['catalog', 'rebuild', '--dir', dataDir]);
     assert.equal(run.status, 1);
     assert.match(run.stderr, /cannot be opened/);
     assert.match(run.stderr, /move it aside/);
@@ -343,7 +320,7 @@ test('catalog rebuild on a new machine with only the S3 bucket', async (t) => {
   // A new data directory: no catalog at all, only the bucket and its keys (from the environment).
   const fresh = join(work.path, 'new-machine');
   const env = { BACKVAULT_S3_ENDPOINT: conn.endpoint, BACKVAULT_S3_REGION: conn.region, BACKVAULT_S3_ACCESS_KEY: conn.accessKeyId, BACKVAULT_S3_SECRET_KEY: conn.secretAccessKey };
-  const run = await cli(['--json', 'catalog', 'rebuild', '--dir', fresh, '--storage', s3.storage], env);
+  const run = await runCli(['--json', 'catalog', 'rebuild', '--dir', fresh, '--storage', s3.storage], env);
   assert.equal(run.status, 0, run.stderr);
   const report = JSON.parse(run.stdout);
   assert.deepEqual(report.backups.inserted.map((b: any) => b.id), [backup.id]);

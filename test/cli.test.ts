@@ -12,30 +12,10 @@ import { loadConfig } from '../src/config/index.ts';
 import { startServer, type Server } from '../src/main.ts';
 import { parseExclude, parseOptions, parseSelection, parseTargets } from '../src/cli/parse.ts';
 import { redactUrl } from '../src/http/app.ts';
+import { runCli } from './helpers.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-// The server runs in this process, so the bin must run without blocking the
-// event loop (spawnSync would stall the server it is talking to).
-function cli(args: string[], env: Record<string, string> = {}, input?: string): Promise<Run> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BACKVAULT_'))) as Record<string, string>;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/backvault.js', ...args], { cwd: ROOT, env: { ...base, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-    child.stdin.end(input ?? '');
-  });
-}
 
 function lastLine(s: string): string {
   const lines = s.trimEnd().split('\n');
@@ -88,7 +68,7 @@ describe('backvault CLI', () => {
   }
 
   test('keys create prints the key alone on the last line, and it works', async () => {
-    const r = await cli(['keys', 'create', '--name', 'ci', '--scope', 'admin', '--dir', dataDir]);
+    const r = await runCli(['keys', 'create', '--name', 'ci', '--scope', 'admin', '--dir', dataDir]);
     assert.equal(r.status, 0, r.stderr);
     const key = lastLine(r.stdout);
     assert.match(key, /^bvk_\S+$/);
@@ -97,12 +77,12 @@ describe('backvault CLI', () => {
   });
 
   test('a read key cannot create an instance: exit 3, forbidden', async () => {
-    const k = await cli(['keys', 'create', '--name', 'viewer', '--scope', 'read', '--dir', dataDir]);
+    const k = await runCli(['keys', 'create', '--name', 'viewer', '--scope', 'read', '--dir', dataDir]);
     assert.equal(k.status, 0, k.stderr);
-    const r = await cli(['instances', 'create', 'nope'], { ...env, BACKVAULT_KEY: lastLine(k.stdout) });
+    const r = await runCli(['instances', 'create', 'nope'], { ...env, BACKVAULT_KEY: lastLine(k.stdout) });
     assert.equal(r.status, 3);
     assert.match(r.stderr, /^error: forbidden: /m);
-    const list = await cli(['instances', 'list'], { ...env, BACKVAULT_KEY: lastLine(k.stdout) });
+    const list = await runCli(['instances', 'list'], { ...env, BACKVAULT_KEY: lastLine(k.stdout) });
     assert.equal(list.status, 0, list.stderr);
   });
 
@@ -110,79 +90,79 @@ describe('backvault CLI', () => {
     const dir = join(tmp, 'policy-src');
     await mkdir(dir);
     await writeFile(join(dir, 'f.txt'), 'policy data');
-    assert.equal((await cli(['instances', 'create', 'sched'], env)).status, 0);
-    assert.equal((await cli(['resources', 'add', 'sched', 'www', '--type', 'files', '--connection', dir], env)).status, 0);
-    const bad = await cli(['policies', 'create', 'sched', '--name', 'n', '--schedule', 'whenever'], env);
+    assert.equal((await runCli(['instances', 'create', 'sched'], env)).status, 0);
+    assert.equal((await runCli(['resources', 'add', 'sched', 'www', '--type', 'files', '--connection', dir], env)).status, 0);
+    const bad = await runCli(['policies', 'create', 'sched', '--name', 'n', '--schedule', 'whenever'], env);
     assert.equal(bad.status, 3);
     assert.match(bad.stderr, /invalid_request/);
-    const created = await cli(['--json', 'policies', 'create', 'sched', '--name', 'nightly', '--schedule', '0 3 * * *', '--timezone', 'Europe/Berlin', '--keep-last', '2', '--keep-daily', '7'], env);
+    const created = await runCli(['--json', 'policies', 'create', 'sched', '--name', 'nightly', '--schedule', '0 3 * * *', '--timezone', 'Europe/Berlin', '--keep-last', '2', '--keep-daily', '7'], env);
     assert.equal(created.status, 0, created.stderr);
     const p = JSON.parse(created.stdout);
     assert.deepEqual(p.retention, { keep_last: 2, keep_daily: 7 });
     assert.equal(p.timezone, 'Europe/Berlin');
-    const run = await cli(['policies', 'run', p.id, '--wait'], env);
+    const run = await runCli(['policies', 'run', p.id, '--wait'], env);
     assert.equal(run.status, 0, run.stderr);
-    const shown = await cli(['policies', 'show', p.id], env);
+    const shown = await runCli(['policies', 'show', p.id], env);
     assert.match(shown.stdout, /state:\s+ok/);
-    const preview = await cli(['policies', 'preview', p.id], env);
+    const preview = await runCli(['policies', 'preview', p.id], env);
     assert.equal(preview.status, 0, preview.stderr);
     assert.match(preview.stdout, /keep\s+newest/);
-    const upd = await cli(['--json', 'policies', 'update', p.id, '--disable'], env);
+    const upd = await runCli(['--json', 'policies', 'update', p.id, '--disable'], env);
     assert.equal(JSON.parse(upd.stdout).state, 'disabled');
-    assert.equal((await cli(['policies', 'delete', p.id], env)).status, 0);
-    assert.equal((await cli(['policies', 'show', p.id], env)).status, 3);
+    assert.equal((await runCli(['policies', 'delete', p.id], env)).status, 0);
+    assert.equal((await runCli(['policies', 'show', p.id], env)).status, 3);
   });
 
   test('usage errors exit 2', async () => {
-    assert.equal((await cli(['backups', 'create'], env)).status, 2);
-    assert.equal((await cli(['keys', 'create', '--name', 'x', '--scope', 'root'])).status, 2);
-    assert.equal((await cli(['instances', 'list', '--page', '0'], env)).status, 2);
-    assert.equal((await cli(['backups', 'import', 'app'], env)).status, 2);
-    assert.equal((await cli(['frobnicate'])).status, 2);
-    assert.equal((await cli(['--help'])).status, 0);
+    assert.equal((await runCli(['backups', 'create'], env)).status, 2);
+    assert.equal((await runCli(['keys', 'create', '--name', 'x', '--scope', 'root'])).status, 2);
+    assert.equal((await runCli(['instances', 'list', '--page', '0'], env)).status, 2);
+    assert.equal((await runCli(['backups', 'import', 'app'], env)).status, 2);
+    assert.equal((await runCli(['frobnicate'])).status, 2);
+    assert.equal((await runCli(['--help'])).status, 0);
   });
 
   test('an unknown backup id exits 3 with the API error code', async () => {
-    const r = await cli(['backups', 'show', '0123456789abcdef01234567'], env);
+    const r = await runCli(['backups', 'show', '0123456789abcdef01234567'], env);
     assert.equal(r.status, 3);
     assert.match(r.stderr, /^error: backup_not_found: /m);
   });
 
   test('no server there exits 4', async () => {
-    const r = await cli(['instances', 'list'], { ...env, BACKVAULT_URL: `http://127.0.0.1:${await closedPort()}` });
+    const r = await runCli(['instances', 'list'], { ...env, BACKVAULT_URL: `http://127.0.0.1:${await closedPort()}` });
     assert.equal(r.status, 4);
     assert.match(r.stderr, /cannot reach the server/);
     assert.doesNotMatch(r.stderr, new RegExp(env.BACKVAULT_KEY!), 'the key is never printed');
   });
 
   test('without a key the API refuses with a hint: exit 3', async () => {
-    const r = await cli(['instances', 'list'], { BACKVAULT_URL: server.url });
+    const r = await runCli(['instances', 'list'], { BACKVAULT_URL: server.url });
     assert.equal(r.status, 3);
     assert.match(r.stderr, /^error: unauthorized: /m);
     assert.match(r.stderr, /BACKVAULT_KEY/);
   });
 
   test('a backup that ends in error exits 1 and says why', async () => {
-    let r = await cli(['instances', 'create', 'broken'], env);
+    let r = await runCli(['instances', 'create', 'broken'], env);
     assert.equal(r.status, 0, r.stderr);
-    r = await cli(['resources', 'add', 'broken', 'gone', '--type', 'files', '--connection', join(tmp, 'does-not-exist')], env);
+    r = await runCli(['resources', 'add', 'broken', 'gone', '--type', 'files', '--connection', join(tmp, 'does-not-exist')], env);
     assert.equal(r.status, 0, r.stderr);
-    r = await cli(['backups', 'create', 'broken', '--wait'], env);
+    r = await runCli(['backups', 'create', 'broken', '--wait'], env);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /^backup \w+ failed: \S/m);
   });
 
   test('superuser upsert, then login works', async () => {
-    const r = await cli(['superuser', 'upsert', 'Admin@Example.com', 'correct horse battery', '--dir', dataDir]);
+    const r = await runCli(['superuser', 'upsert', 'Admin@Example.com', 'correct horse battery', '--dir', dataDir]);
     assert.equal(r.status, 0, r.stderr);
     const login = await api('POST', '/auth/login', null, { email: 'admin@example.com', password: 'correct horse battery' });
     assert.equal(login.status, 200);
     assert.equal(typeof login.body.token, 'string');
     // "-" reads the password from stdin; a short one is refused like the API refuses it.
-    const short = await cli(['superuser', 'upsert', 'admin@example.com', '-', '--dir', dataDir], {}, 'short\n');
+    const short = await runCli(['superuser', 'upsert', 'admin@example.com', '-', '--dir', dataDir], {}, 'short\n');
     assert.equal(short.status, 3);
     assert.match(short.stderr, /^error: invalid_request: /m);
-    const again = await cli(['superuser', 'upsert', 'admin@example.com', '-', '--dir', dataDir], {}, 'another long password\n');
+    const again = await runCli(['superuser', 'upsert', 'admin@example.com', '-', '--dir', dataDir], {}, 'another long password\n');
     assert.equal(again.status, 0, again.stderr);
     assert.match(again.stdout, /updated/);
     assert.equal((await api('POST', '/auth/login', null, { email: 'admin@example.com', password: 'another long password' })).status, 200);
@@ -194,15 +174,15 @@ describe('backvault CLI', () => {
     await writeFile(join(src, 'a.txt'), 'hello backvault\n');
     await writeFile(join(src, 'sub', 'b.bin'), Buffer.from(Array.from({ length: 70_000 }, (_, i) => (i * 7) % 256)));
 
-    let r = await cli(['instances', 'create', 'app', '--description', 'the app'], env);
+    let r = await runCli(['instances', 'create', 'app', '--description', 'the app'], env);
     assert.equal(r.status, 0, r.stderr);
-    r = await cli(['resources', 'add', 'app', 'files', '--type', 'files', '--connection', src], env);
+    r = await runCli(['resources', 'add', 'app', 'files', '--type', 'files', '--connection', src], env);
     assert.equal(r.status, 0, r.stderr);
-    r = await cli(['resources', 'list', 'app'], env);
+    r = await runCli(['resources', 'list', 'app'], env);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^files\s+files\s/m);
 
-    r = await cli(['backups', 'create', 'app', '--wait', '--json', '--label', 'cli'], env);
+    r = await runCli(['backups', 'create', 'app', '--wait', '--json', '--label', 'cli'], env);
     assert.equal(r.status, 0, r.stderr);
     const backup = JSON.parse(r.stdout) as { id: string; status: string; label: string };
     assert.equal(backup.status, 'success');
@@ -210,33 +190,33 @@ describe('backvault CLI', () => {
     // Not a terminal: progress comes as plain status lines on stderr.
     assert.doesNotMatch(r.stderr, /\u001b\[/);
 
-    r = await cli(['backups', 'list', '--instance', 'app'], env);
+    r = await runCli(['backups', 'list', '--instance', 'app'], env);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`^${backup.id}\\s+app\\s+full\\s+success`, 'm'));
 
     const archive = join(tmp, 'f.tar');
-    r = await cli(['backups', 'download', backup.id, '-o', archive], env);
+    r = await runCli(['backups', 'download', backup.id, '-o', archive], env);
     assert.equal(r.status, 0, r.stderr);
     await assert.rejects(stat(`${archive}.part`), 'no .part file is left behind');
     const listing = spawnSync('tar', ['-tf', archive], { encoding: 'utf8' });
     assert.equal(listing.status, 0, listing.stderr);
     assert.equal(listing.stdout.split('\n')[0], 'manifest.json');
 
-    r = await cli(['instances', 'create', 'copy'], env);
+    r = await runCli(['instances', 'create', 'copy'], env);
     assert.equal(r.status, 0, r.stderr);
-    r = await cli(['backups', 'import', 'copy', archive, '--wait', '--json'], env);
+    r = await runCli(['backups', 'import', 'copy', archive, '--wait', '--json'], env);
     assert.equal(r.status, 0, r.stderr);
     const imported = JSON.parse(r.stdout) as { id: string; status: string; instance: string };
     assert.equal(imported.status, 'success');
     assert.equal(imported.instance, 'copy');
 
     const dest = join(tmp, 'restored');
-    r = await cli(['restores', 'create', 'app', backup.id, '--target', `files=${dest}`, '--wait'], env);
+    r = await runCli(['restores', 'create', 'app', backup.id, '--target', `files=${dest}`, '--wait'], env);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /succeeded/);
     assert.deepEqual(await tree(dest), await tree(src));
 
-    r = await cli(['restores', 'list', 'app', '--json'], env);
+    r = await runCli(['restores', 'list', 'app', '--json'], env);
     assert.equal(r.status, 0, r.stderr);
     assert.equal((JSON.parse(r.stdout) as { items: { status: string }[] }).items[0]!.status, 'success');
   });

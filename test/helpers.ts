@@ -1,8 +1,10 @@
-// Shared test helpers: a real server on a free port in a temp directory, and
-// a small JSON client for it.
+// Shared test helpers: a real server on a free port in a temp directory, a
+// small JSON client for it, and the real bin in a child process.
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config } from '../src/config/index.ts';
 import { startServer, type Server } from '../src/main.ts';
 import type { Clock } from '../src/platform/clock.ts';
@@ -94,4 +96,29 @@ export async function waitFor(api: Api, path: string, field = 'status', timeoutM
     if (Date.now() > deadline) throw new Error(`${path} still ${value} after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+export interface CliRun {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs the real bin (bin/backvault.js) in a child process, without the
+ * caller's BACKVAULT_* variables. Async, so a server in this process keeps
+ * serving while the CLI talks to it (spawnSync would stall it).
+ */
+export function runCli(args: string[], env: Record<string, string> = {}, input?: string): Promise<CliRun> {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BACKVAULT_'))) as Record<string, string>;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['bin/backvault.js', ...args], { cwd: fileURLToPath(new URL('..', import.meta.url)), env: { ...base, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+    child.stdin.end(input ?? '');
+  });
 }

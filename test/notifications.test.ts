@@ -8,12 +8,10 @@ import { createServer, type IncomingHttpHeaders, type Server as HttpServer } fro
 import type { AddressInfo } from 'node:net';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { SMTPServer } from 'smtp-server';
-import { startTestServer, tempDir, waitFor, type TestServer } from './helpers.ts';
+import { startTestServer, tempDir, waitFor, type TestServer, runCli } from './helpers.ts';
 import { notifierOf } from '../src/services/notifications.ts';
 
 const SECRET = 'whsec-test-0123456789abcdef';
@@ -436,19 +434,6 @@ describe('notifications', () => {
   });
 });
 
-// The `backvault notifications` commands through the real bin.
-function cli(args: string[], env: Record<string, string>): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BACKVAULT_'))) as Record<string, string>;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/backvault.js', ...args], { cwd: fileURLToPath(new URL('..', import.meta.url)), env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 describe('notifications CLI', () => {
   let t: TestServer;
@@ -465,7 +450,7 @@ describe('notifications CLI', () => {
 
   test('create, list, show, test and delete channels', async () => {
     // Without --secret the server generates one; it is printed once, alone on the last line.
-    const created = await cli(['notifications', 'create', 'ci-hook', '--kind', 'webhook', '--url', 'http://127.0.0.1:1/placeholder', '--failures-only'], env);
+    const created = await runCli(['notifications', 'create', 'ci-hook', '--kind', 'webhook', '--url', 'http://127.0.0.1:1/placeholder', '--failures-only'], env);
     assert.equal(created.status, 0, created.stderr);
     const secret = created.stdout.trimEnd().split('\n').pop()!;
     assert.match(secret, /^[A-Za-z0-9_-]{40,}$/);
@@ -476,46 +461,46 @@ describe('notifications CLI', () => {
     receivers.push(hook);
     const id = /\(([0-9a-f]{24})\)/.exec(created.stdout)![1]!;
     assert.equal((await t.api('PATCH', `/api/v1/notifications/${id}`, { config: { url: `${hook.url}/ci` } })).status, 200);
-    const tested = await cli(['notifications', 'test', 'ci-hook'], env);
+    const tested = await runCli(['notifications', 'test', 'ci-hook'], env);
     assert.equal(tested.status, 0, tested.stderr);
     assert.match(tested.stdout, /Test message delivered to ci-hook \(HTTP 204, \d+ ms\)/);
     assert.ok(hook.received[0]?.valid);
 
-    const mail = await cli(
+    const mail = await runCli(
       ['notifications', 'create', 'ci-mail', '--kind', 'email', '--smtp-host', '127.0.0.1', '--smtp-port', '9', '--smtp-security', 'none', '--smtp-user', 'u', '--from', 'a@example.test', '--to', 'b@example.test,c@example.test', '--event', 'backup.failure'],
       { ...env, BACKVAULT_SMTP_PASSWORD: 'cli-smtp-password' },
     );
     assert.equal(mail.status, 0, mail.stderr);
-    const list = await cli(['notifications', 'list'], env);
+    const list = await runCli(['notifications', 'list'], env);
     assert.equal(list.status, 0, list.stderr);
     assert.match(list.stdout, /ci-hook\s+webhook\s+http:\/\/127\.0\.0\.1:\d+\/ci/);
     assert.match(list.stdout, /ci-mail\s+email\s+b@example\.test,c@example\.test via 127\.0\.0\.1:9\s+backup\.failure/);
-    const shown = await cli(['notifications', 'show', 'ci-mail'], env);
+    const shown = await runCli(['notifications', 'show', 'ci-mail'], env);
     assert.equal(shown.status, 0, shown.stderr);
     assert.match(shown.stdout, /password:\s+\*\*\*\*/);
-    const asJson = await cli(['--json', 'notifications', 'show', 'ci-mail'], env);
+    const asJson = await runCli(['--json', 'notifications', 'show', 'ci-mail'], env);
     assert.equal(JSON.parse(asJson.stdout).config.password, '****');
     for (const out of [list.stdout, shown.stdout, asJson.stdout]) assert.ok(!out.includes('cli-smtp-password') && !out.includes(secret));
 
     // Nothing listens on port 9: exit 1, with the reason.
-    const failed = await cli(['notifications', 'test', 'ci-mail'], env);
+    const failed = await runCli(['notifications', 'test', 'ci-mail'], env);
     assert.equal(failed.status, 1);
     assert.match(failed.stderr, /test message to ci-mail failed .*SMTP server failed/);
 
-    const usage = await cli(['notifications', 'create', 'x', '--kind', 'email', '--smtp-host', 'h'], env);
+    const usage = await runCli(['notifications', 'create', 'x', '--kind', 'email', '--smtp-host', 'h'], env);
     assert.equal(usage.status, 2);
     assert.match(usage.stderr, /needs --smtp-host, --from and at least one --to/);
-    const wrongKind = await cli(['notifications', 'create', 'x', '--kind', 'webhook', '--url', 'http://h', '--to', 'a@b.c'], env);
+    const wrongKind = await runCli(['notifications', 'create', 'x', '--kind', 'webhook', '--url', 'http://h', '--to', 'a@b.c'], env);
     assert.equal(wrongKind.status, 2);
-    const refused = await cli(['notifications', 'create', 'x', '--kind', 'webhook', '--url', 'ftp://h'], env);
+    const refused = await runCli(['notifications', 'create', 'x', '--kind', 'webhook', '--url', 'ftp://h'], env);
     assert.equal(refused.status, 3);
     assert.match(refused.stderr, /invalid_request/);
 
-    assert.equal((await cli(['notifications', 'delete', 'ci-mail'], env)).status, 0);
-    const gone = await cli(['notifications', 'show', 'ci-mail'], env);
+    assert.equal((await runCli(['notifications', 'delete', 'ci-mail'], env)).status, 0);
+    const gone = await runCli(['notifications', 'show', 'ci-mail'], env);
     assert.equal(gone.status, 3);
     assert.match(gone.stderr, /no notification channel is named "ci-mail"/);
-    assert.equal((await cli(['notifications', 'delete', id], env)).status, 0);
-    assert.equal((await cli(['notifications', 'show', id], env)).status, 3);
+    assert.equal((await runCli(['notifications', 'delete', id], env)).status, 0);
+    assert.equal((await runCli(['notifications', 'show', id], env)).status, 3);
   });
 });

@@ -3,32 +3,16 @@
 // orphans go on request, and nothing of a backup in progress is touched.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createWriteStream, existsSync } from 'node:fs';
 import { cp, mkdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { startTestServer, tempDir, waitFor, type TestServer } from './helpers.ts';
+import { startTestServer, tempDir, waitFor, type TestServer, runCli } from './helpers.ts';
 import { newId } from '../src/platform/ids.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-function cli(args: string[], env: Record<string, string>): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BACKVAULT_'))) as Record<string, string>;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/backvault.js', ...args], { cwd: ROOT, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 async function writeRandomFile(path: string, bytes: number): Promise<void> {
   const out = createWriteStream(path);
@@ -189,14 +173,14 @@ describe('storage check and usage', () => {
 
     // The CLI: a failing check (missing objects) exits 1 and names them.
     const env = { BACKVAULT_URL: t.url, BACKVAULT_KEY: t.adminKey };
-    const human = await cli(['storage', 'check'], env);
+    const human = await runCli(['storage', 'check'], env);
     assert.equal(human.status, 1, human.stderr);
     assert.match(human.stdout, /would remove/);
     assert.match(human.stdout, /wrong size: 3 bytes/);
     assert.match(human.stdout, new RegExp(`In progress \\(not touched\\): ${uploading}`));
     assert.match(human.stderr, /Dry run: nothing was removed/);
 
-    const removal = await cli(['--json', 'storage', 'check', '--remove-orphans'], env);
+    const removal = await runCli(['--json', 'storage', 'check', '--remove-orphans'], env);
     assert.equal(removal.status, 1, removal.stderr);
     const removed = JSON.parse(removal.stdout);
     assert.equal(removed.dry_run, false);

@@ -3,7 +3,7 @@
 // through /proc (resident memory, CPU time).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync } from 'node:fs';
-import { readFile, mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -124,6 +124,33 @@ export class Backvault {
   async ensureInstance(name: string, resources: { name: string; type: string; connection: string; options?: Record<string, unknown> }[]): Promise<void> {
     await this.api('POST', '/instances', { name });
     for (const r of resources) await this.api('POST', `/instances/${name}/resources`, r);
+  }
+
+  /**
+   * Fills the catalog with `total` backups of tiny `files` resources (the
+   * cheapest honest backup) on the given instances, 16 clients POSTing, and
+   * waits until all succeeded; throws if any failed.
+   */
+  async seedBackups(instances: string[], total: number, tinyDir: string): Promise<void> {
+    await mkdir(tinyDir, { recursive: true });
+    await writeFile(join(tinyDir, 'notes.txt'), 'a tiny resource for seeding the catalog\n');
+    for (const i of instances) await this.ensureInstance(i, [{ name: 'notes', type: 'files', connection: tinyDir }]);
+    let n = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (n < total) {
+          const i = instances[n++ % instances.length]!;
+          await this.api('POST', `/instances/${i}/backups`, { type: 'full', label: 'seed' });
+        }
+      }),
+    );
+    for (;;) {
+      const done = await this.api('GET', '/backups?status=success&per_page=1');
+      const failed = await this.api('GET', '/backups?status=error&per_page=1');
+      if (failed.pagination.total > 0) throw new Error(`${failed.pagination.total} seed backups failed`);
+      if (done.pagination.total >= total) return;
+      await new Promise((r) => setTimeout(r, 250));
+    }
   }
 
   /** Polls a backup or restore until it ends; returns the final document. */
