@@ -47,6 +47,12 @@ export interface RestoreRequest {
   /** what the dump recorded; used to check the restore */
   expected: ObjectCounts;
   /**
+   * The engine format version the artifact was written in (the manifest's
+   * engine.version); absent means the engine's current formatVersion. Never
+   * above it: restoreArtifact refuses newer artifacts before an engine runs.
+   */
+  formatVersion?: number;
+  /**
    * in_place makes the target equal to the backup (what the backup lacks is
    * gone); new_target creates it if missing and refuses one that holds data
    * (target_not_empty), so a mistyped target never destroys anything.

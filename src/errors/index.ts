@@ -41,6 +41,7 @@ export const ERRORS = {
   storage_not_found: { status: 404, message: 'The object does not exist in storage.' },
   key_not_exported: { status: 409, message: 'The master encryption key was generated on this server and exists nowhere else; run `backvault key export` (or `backvault key confirm-stored`) before backups are written to remote storage.' },
   encryption_key_invalid: { status: 500, message: 'The encryption key does not fit this storage; see the message for which key is expected.' },
+  format_unsupported: { status: 409, message: 'The backup was written in a newer artifact format than this server reads; restore it with a newer Backvault.' },
   verification_failed: { status: 500, message: 'What was restored does not match the manifest.' },
   cancelled: { status: 409, message: 'The operation was cancelled.' },
   job_timeout: { status: 500, message: 'The job ran longer than its configured timeout and was stopped.' },

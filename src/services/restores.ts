@@ -119,6 +119,13 @@ export async function restoreArtifact(
   onBytes?: (n: number) => void,
 ): Promise<RestoreReport> {
   const label = `artifact resources/${entry.name}/${entry.artifact}`;
+  if (entry.engine.version > engine.formatVersion) {
+    throw new AppError(
+      'format_unsupported',
+      `The ${label} was written in ${entry.type} format ${entry.engine.version}, and this server reads up to format ${engine.formatVersion}; restore it with a newer Backvault.`,
+      { resource: entry.name, format: entry.engine.version, supported: engine.formatVersion },
+    );
+  }
   const source = await storage.get(artifactKey(backupId, entry.name, entry.artifact));
   const input = new PassThrough();
   let seen = 0;
@@ -137,7 +144,7 @@ export async function restoreArtifact(
   const versionWarning = await majorVersionWarning(engine, target, entry, signal);
   let report: RestoreReport;
   try {
-    report = await engine.restore({ target, input, expected: entry.counts, mode, partial, workDir, signal });
+    report = await engine.restore({ target, input, expected: entry.counts, formatVersion: entry.engine.version, mode, partial, workDir, signal });
   } catch (err) {
     input.destroy();
     const pipeErr = await piped;

@@ -13,7 +13,7 @@ import tar from 'tar-stream';
 import { AppError } from '../../errors/index.ts';
 import type { DumpInfo } from '../engine.ts';
 import type { PathFilter } from './select.ts';
-import { Settled, summarize, type TreeLine, type WalkEntry, walkTree } from './tree.ts';
+import { Settled, TreeDigest, type TreeLine, type WalkEntry, walkTree } from './tree.ts';
 
 type TarHeader = Partial<tar.Header> & { name: string };
 
@@ -234,7 +234,8 @@ export function dumpTree(root: string, filter: PathFilter, signal: AbortSignal):
   // Its failures reach the caller through `stream` (destroyed below); an
   // 'error' event nobody listens to would crash the process.
   pack.on('error', () => {});
-  const lines: TreeLine[] = [];
+  // Lines in walk order, which is the archive's: the v2 digest (tree.ts).
+  const digest = new TreeDigest(2);
   const warnings: string[] = [];
   const warn = (m: string) => warnings.push(m);
 
@@ -246,7 +247,7 @@ export function dumpTree(root: string, filter: PathFilter, signal: AbortSignal):
       const p = queue.shift()!;
       if (p.kind === 'f' && p.small) queuedBytes -= p.e.stat.size;
       if (signal.aborted) throw new AppError('cancelled');
-      lines.push(await packOne(pack, p, signal));
+      digest.add(await packOne(pack, p, signal));
     };
     await walkTree(
       root,
@@ -295,7 +296,7 @@ export function dumpTree(root: string, filter: PathFilter, signal: AbortSignal):
         reject(signal.aborted ? new AppError('cancelled') : new AppError('cancelled', 'The dump stream was closed before its end.'));
         return;
       }
-      produced.then(() => resolve({ counts: summarize(lines), warnings }), (err: unknown) => reject(asAppError(err)));
+      produced.then(() => resolve({ counts: digest.result(), warnings }), (err: unknown) => reject(asAppError(err)));
     });
   });
   info.catch(() => {});

@@ -12,7 +12,13 @@ import { Carrier, planCarry } from './carry.ts';
 import { dumpTree } from './dump.ts';
 import { extractInto, overlayInto, swapContents, swapInto } from './restore.ts';
 import { checkGlobs, PathFilter } from './select.ts';
-import { byteCompare } from './tree.ts';
+import { byteCompare, digestVersionOf } from './tree.ts';
+
+/**
+ * The artifact format this engine writes. 2: tree_sha256 hashes the lines in
+ * archive order (tree.ts); 1 sorted them by path. The tar itself is the same.
+ */
+const FORMAT_VERSION = 2;
 
 function checkPath(connection: unknown): string {
   if (typeof connection !== 'string' || connection === '' || connection.includes('\0') || !isAbsolute(connection)) {
@@ -130,7 +136,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // manifest recorded at dump time, where the same options kept the carried
     // paths out of the count too. Counting the carried paths would make every
     // restore of a resource with exclusions "not match" its backup.
-    const { list, counts } = await extractInto(staging, req.input, signal);
+    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal);
     // Check before anything is visible: a mismatch leaves the target as it was.
     const diffs = compareCounts(req.expected, counts);
     if (diffs.length > 0) {
@@ -234,7 +240,7 @@ async function scratchTarget(_resource: ResourceSpec, workDir: string): Promise<
 
 export const filesEngine: Engine = {
   type: 'files',
-  formatVersion: 1,
+  formatVersion: FORMAT_VERSION,
   checkConnection(connection: string, options: Record<string, unknown>): void {
     checkPath(connection);
     optionGlobs(options ?? {});

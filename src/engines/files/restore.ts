@@ -15,7 +15,7 @@ import tar from 'tar-stream';
 import type { ObjectCounts } from '../../domain/types.ts';
 import { AppError } from '../../errors/index.ts';
 import { fsyncDir, syncFileSystem } from '../../platform/fs.ts';
-import { byteCompare, summarize, type TreeLine } from './tree.ts';
+import { byteCompare, TreeDigest, type TreeLine } from './tree.ts';
 
 type TarHeader = tar.Header;
 type TarEntry = AsyncIterable<Buffer> & NodeJS.EventEmitter & { header: TarHeader; resume(): unknown };
@@ -280,7 +280,7 @@ async function writeLarge(abs: string, entry: TarEntry, meta: Extracted, d: Defa
  * in staging to be written through; entries below a symlink entry are
  * refused.
  */
-export async function extractInto(staging: string, input: Readable, signal: AbortSignal): Promise<Extraction> {
+export async function extractInto(staging: string, input: Readable, digestVersion: 1 | 2, signal: AbortSignal): Promise<Extraction> {
   const entries = new Map<string, Extracted>();
   const defaults = await stagingDefaults(staging);
   /** directories of staging known to be real directories (made by us, or checked) */
@@ -371,7 +371,10 @@ export async function extractInto(staging: string, input: Readable, signal: Abor
     await lutimes(abs, e.mtime, e.mtime);
   });
   await applyDirMeta(staging, list);
-  return { list, counts: summarize(list.map(lineOf)) };
+  // The list is in archive order, which the v2 digest hashes (v1 sorts it itself).
+  const digest = new TreeDigest(digestVersion);
+  for (const e of list) digest.add(lineOf(e));
+  return { list, counts: digest.result() };
 }
 
 /** The tree line (tree.ts) of an extracted entry, as countTree would describe it on disk. */
