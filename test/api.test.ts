@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import Database from 'better-sqlite3';
 import tar from 'tar-stream';
 import { startTestServer, tempDir, waitFor, type TestServer } from './helpers.ts';
+import { createBackup } from '../src/services/backups.ts';
 
 function makeDb(path: string, rows = 200): void {
   const db = new Database(path);
@@ -478,6 +479,26 @@ describe('API end to end', () => {
     await t.server.pool.idle();
     const restores = await t.api('GET', '/api/v1/instances/busy/restores');
     assert.equal(restores.body.items[0].status, 'success');
+  });
+
+  test('concurrent requests for the last places of a quota: exactly that many backups are made', async () => {
+    const src = join(work.path, 'quota-race');
+    await mkdir(src);
+    await writeFile(join(src, 'a.txt'), 'a');
+    await t.api('POST', '/api/v1/instances', { name: 'quota-race', max_backups: 2 });
+    await t.api('POST', '/api/v1/instances/quota-race/resources', { name: 'www', type: 'files', connection: src });
+    // Called in one tick, the eight creations interleave at every catalog query, as requests do
+    // whenever one of them waits on I/O (and as a second process on the catalog does).
+    const answers = await Promise.allSettled(Array.from({ length: 8 }, () => createBackup(t.server.ctx, 'quota-race', { type: 'full' })));
+    assert.equal(answers.filter((a) => a.status === 'fulfilled').length, 2);
+    for (const a of answers) if (a.status === 'rejected') assert.equal((a.reason as { code: string }).code, 'quota_exceeded');
+    await t.server.pool.idle();
+    const list = await t.api('GET', '/api/v1/instances/quota-race/backups');
+    assert.equal(list.body.pagination.total, 2);
+    // Through HTTP too.
+    const more = await t.api('POST', '/api/v1/instances/quota-race/backups', { type: 'full' });
+    assert.equal(more.status, 409);
+    assert.equal(more.body.error.code, 'quota_exceeded');
   });
 });
 

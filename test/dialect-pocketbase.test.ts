@@ -12,6 +12,7 @@ import PocketBase, { ClientResponseError } from 'pocketbase';
 import yauzl from 'yauzl';
 import { startTestServer, tempDir, waitFor, type TestServer } from './helpers.ts';
 import { upsertSuperuser } from '../src/services/auth.ts';
+import { createBackup } from '../src/services/backups.ts';
 
 const EMAIL = 'admin@example.com';
 const PASSWORD = 'correct horse battery';
@@ -395,6 +396,30 @@ describe('PocketBase dialect', () => {
     assert.equal(res.status, 200);
     await res.arrayBuffer();
   });
+
+  test('backups asked for at the same moment: one is made, the others are refused as busy', async () => {
+    await t.server.pool.idle();
+    // Stopped, so the backup that is made stays waiting while the dialect is asked.
+    await t.server.pool.stop();
+    try {
+      await raceAndAsk();
+    } finally {
+      t.server.pool.start();
+    }
+    await t.server.pool.idle();
+  });
+
+  async function raceAndAsk(): Promise<void> {
+    // Called in one tick, the creations interleave at every catalog query, as requests do whenever
+    // one of them waits on I/O. PocketBase's route asks the core for exactly this (requireIdle).
+    const outcomes = await Promise.allSettled(['race-a', 'race-b', 'race-c'].map((label) => createBackup(t.server.ctx, 'myapp', { type: 'full', label, requireIdle: true })));
+    assert.equal(outcomes.filter((o) => o.status === 'fulfilled').length, 1);
+    for (const o of outcomes) if (o.status === 'rejected') assert.equal((o.reason as { code: string }).code, 'operation_in_progress');
+    // Which the dialect answers with PocketBase's busy error.
+    const res = await failure(pb.backups.create('race-d.zip'));
+    assert.equal(res.status, 400);
+    assert.deepEqual(res.body, { status: 400, message: BUSY, data: {} });
+  }
 
   test('while a restore waits: create, restore and delete of the used backup answer 400 busy', async () => {
     await t.server.pool.idle();

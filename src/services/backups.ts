@@ -14,7 +14,8 @@ import { copiesForViews, deleteFromAll, fromAnyCopy, putToAll, recordCopies } fr
 import type { Destination } from './context.ts';
 import { workPath } from '../config/index.ts';
 import { backupView, type BackupView } from './views.ts';
-import { getInstanceRow, listResourceRows, resourceSpec } from './instances.ts';
+import { getInstanceRow, isInstanceBusy, listResourceRows, resourceSpec } from './instances.ts';
+import type { CatalogDb } from '../catalog/db.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/pool.ts';
 import { exchangeArchiveSize, writeExchangeArchive } from '../archive/writer.ts';
@@ -34,12 +35,19 @@ export interface CreateBackupInput {
   run_on_replica?: boolean;
   origin?: 'api' | 'policy';
   policy_id?: string | null;
+  /** refuse (operation_in_progress) while another backup or restore of the instance waits or runs, as PocketBase does */
+  requireIdle?: boolean;
 }
 
-export async function assertQuota(ctx: ServiceContext, instance: string, maxBackups: number | null): Promise<void> {
+/**
+ * Throws quota_exceeded when the instance has its max_backups. Pass the
+ * transaction that inserts the new backup as db, so two requests cannot both
+ * take the last place.
+ */
+export async function assertQuota(ctx: ServiceContext, instance: string, maxBackups: number | null, db: CatalogDb = ctx.db): Promise<void> {
   const cap = maxBackups ?? (ctx.config.default_max_backups || null);
   if (!cap) return;
-  const row = await ctx.db
+  const row = await db
     .selectFrom('backups')
     .select((eb) => eb.fn.countAll<number>().as('n'))
     .where('instance', '=', instance)
@@ -69,7 +77,6 @@ export async function createBackup(ctx: ServiceContext, instance: string, input:
   for (const name of [...Object.keys(selection ?? {}), ...Object.keys(exclude ?? {})]) {
     if (!names.has(name)) throw new AppError('invalid_selection', `Instance ${instance} has no resource named ${name}.`, { resource: name });
   }
-  await assertQuota(ctx, instance, inst.max_backups);
   const now = ctx.clock.now().toISOString();
   const id = newId();
   const row: BackupTable = {
@@ -95,7 +102,12 @@ export async function createBackup(ctx: ServiceContext, instance: string, input:
     started_at: null,
     finished_at: null,
   };
+  // Checked and inserted in one transaction, so concurrent requests cannot both pass the checks.
   await ctx.db.transaction().execute(async (trx) => {
+    await assertQuota(ctx, instance, inst.max_backups, trx);
+    if (input.requireIdle && (await isInstanceBusy(ctx, instance, trx))) {
+      throw new AppError('operation_in_progress', `Another backup or restore of instance ${instance} is already waiting or running; wait for it to finish.`);
+    }
     await trx.insertInto('backups').values(row).execute();
     await ctx.jobs.enqueue({ kind: 'backup', instance, subjectId: id, exclusive: true, payload: { run_on_replica: input.run_on_replica === true } }, trx);
   });

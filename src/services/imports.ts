@@ -121,9 +121,12 @@ export async function importUpload(
   options: { reader?: ArchiveReader; label?: string | null } = {},
 ): Promise<BackupView> {
   const inst = await getInstanceRow(ctx, instance);
-  await assertQuota(ctx, instance, inst.max_backups);
   const row = importRow(ctx, instance, 'uploading');
-  await ctx.db.insertInto('backups').values(row).execute();
+  // Checked and inserted in one transaction, so two uploads cannot both take the last place.
+  await ctx.db.transaction().execute(async (trx) => {
+    await assertQuota(ctx, instance, inst.max_backups, trx);
+    await trx.insertInto('backups').values(row).execute();
+  });
   try {
     await ingest(ctx, row.id, instance, input, undefined, options.reader);
     if (options.label !== undefined) await setBackup(ctx, row.id, { label: options.label });
@@ -156,10 +159,10 @@ export async function importFromUrl(ctx: ServiceContext, instance: string, url: 
     throw new AppError('invalid_request', 'url is not a valid URL.', { field: 'url' });
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new AppError('import_url_refused', 'Only http and https URLs can be imported.');
-  await assertQuota(ctx, instance, inst.max_backups);
   // An import may join a policy's backups (Cloud66's backup group), so that policy's retention counts it.
   const row = { ...importRow(ctx, instance, 'scheduled'), started_at: null, policy_id: options.policy_id ?? null };
   await ctx.db.transaction().execute(async (trx) => {
+    await assertQuota(ctx, instance, inst.max_backups, trx);
     await trx.insertInto('backups').values(row).execute();
     await ctx.jobs.enqueue({ kind: 'import', instance, subjectId: row.id, exclusive: true, payload: { source: 'url', url } }, trx);
   });

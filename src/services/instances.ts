@@ -4,6 +4,7 @@ import { AppError } from '../errors/index.ts';
 import { maskConnection } from '../domain/mask.ts';
 import { ACTIVE_STATUSES, type ResourceSpec, type ResourceType, type ObjectInfo } from '../domain/types.ts';
 import type { InstanceTable, ResourceTable } from '../catalog/schema.ts';
+import type { CatalogDb } from '../catalog/db.ts';
 
 export interface InstanceView {
   name: string;
@@ -91,10 +92,10 @@ export async function deleteInstance(ctx: ServiceContext, name: string, force: b
 }
 
 /** True while a backup, restore or import of the instance waits or runs. */
-export async function isInstanceBusy(ctx: ServiceContext, instance: string): Promise<boolean> {
-  const backup = await ctx.db.selectFrom('backups').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
+export async function isInstanceBusy(ctx: ServiceContext, instance: string, db: CatalogDb = ctx.db): Promise<boolean> {
+  const backup = await db.selectFrom('backups').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
   if (backup) return true;
-  const restore = await ctx.db.selectFrom('restores').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
+  const restore = await db.selectFrom('restores').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE_STATUSES).limit(1).executeTakeFirst();
   return restore !== undefined;
 }
 

@@ -15,7 +15,7 @@ import { verifyAndDecompress } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
 import { workPath } from '../config/index.ts';
 import { restoreView, type RestoreTarget, type RestoreView } from './views.ts';
-import { getInstanceRow, listResourceRows, resourceSpec } from './instances.ts';
+import { getInstanceRow, isInstanceBusy, listResourceRows, resourceSpec } from './instances.ts';
 import { getBackupRow, ProgressWriter, readStoredManifest } from './backups.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/pool.ts';
@@ -28,6 +28,8 @@ export interface CreateRestoreInput {
   backup: string;
   resources?: string[] | null;
   targets?: Record<string, RestoreTarget> | null;
+  /** refuse also while a backup of the instance waits or runs, as PocketBase does */
+  requireIdle?: boolean;
 }
 
 export async function createRestore(ctx: ServiceContext, instance: string, input: CreateRestoreInput): Promise<RestoreView> {
@@ -76,6 +78,9 @@ export async function createRestore(ctx: ServiceContext, instance: string, input
   await ctx.db.transaction().execute(async (trx) => {
     const other = await trx.selectFrom('restores').select('id').where('instance', '=', instance).where('status', 'in', ACTIVE).limit(1).executeTakeFirst();
     if (other) throw new AppError('operation_in_progress', `Restore ${other.id} of instance ${instance} is already waiting or running; wait for it to finish.`, { restore: other.id });
+    if (input.requireIdle && (await isInstanceBusy(ctx, instance, trx))) {
+      throw new AppError('operation_in_progress', `A backup of instance ${instance} is waiting or running; wait for it to finish.`);
+    }
     await trx.insertInto('restores').values(row).execute();
     await ctx.jobs.enqueue({ kind: 'restore', instance, subjectId: row.id, exclusive: true, payload: { backup: backup.id } }, trx);
   });

@@ -46,7 +46,12 @@ function withFields(req: FastifyRequest, value: unknown): unknown {
   }
 }
 
-/** PocketBase refuses a backup or restore while another one of the app waits or runs. */
+/**
+ * PocketBase refuses a backup or restore while another one of the app waits
+ * or runs. Checked early here (before a name is chosen), and again by the core
+ * in the transaction that creates the job (requireIdle), so two requests
+ * cannot both pass.
+ */
 async function assertIdle(ctx: ServiceContext, instance: string): Promise<void> {
   if (await isInstanceBusy(ctx, instance)) throw busy();
 }
@@ -213,7 +218,7 @@ export async function pocketbaseRoutes(app: FastifyInstance, ctx: ServiceContext
     } else {
       name = generatedName(ctx.clock.now(), taken);
     }
-    const created = await backups.createBackup(ctx, instance, { type: 'full', label: name });
+    const created = await backups.createBackup(ctx, instance, { type: 'full', label: name, requireIdle: true });
     // PocketBase answers once the backup file exists.
     const done = await backups.waitForBackupEnd(ctx, created.id, { signal: abortOnClose(reply) });
     if (done.status !== 'success') {
@@ -330,7 +335,7 @@ export async function pocketbaseRoutes(app: FastifyInstance, ctx: ServiceContext
     await assertIdle(ctx, instance);
     // Every resource of the backup, in place. PocketBase restarts itself here; Backvault runs a restore job,
     // answered at once as PocketBase does; its progress is at /api/v1/instances/{instance}/restores.
-    await createRestore(ctx, instance, { backup: backup.id });
+    await createRestore(ctx, instance, { backup: backup.id, requireIdle: true });
     return reply.code(204).send();
   });
 }
