@@ -3,7 +3,7 @@
 // destination, and a destination that fails does not fail the backup.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, writeFile, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { startTestServer, tempDir, waitFor } from './helpers.ts';
@@ -75,6 +75,50 @@ test('two destinations: both get every backup; a damaged copy gives way to the o
   assert.equal((await server.api('DELETE', `/api/v1/backups/${b.id}`)).status, 204);
   assert.deepEqual(await readdir(join(second, 'backups')).catch(() => []), []);
   assert.deepEqual(await readdir(join(server.dir, 'storage', 'backups')).catch(() => []), []);
+});
+
+test('a copy that cannot be read this time (a storage failure, not damage) is passed over but not marked bad', async (t) => {
+  const work = await tempDir();
+  const second = join(work.path, 'offsite');
+  const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
+  t.after(async () => {
+    await server.close();
+    await work.cleanup();
+  });
+  const dbPath = join(work.path, 'app.db');
+  makeDb(dbPath, 50);
+  await server.api('POST', '/api/v1/instances', { name: 'app' });
+  await server.api('POST', '/api/v1/instances/app/resources', { name: 'db', type: 'sqlite', connection: dbPath });
+  const b = await waitFor(server.api, `/api/v1/backups/${(await server.api('POST', '/api/v1/instances/app/backups', { type: 'full' })).body.id}`);
+  assert.equal(b.status, 'success', b.status_info);
+  const primaryArtifact = join(server.dir, 'storage', 'backups', b.id, 'resources', 'db', 'database.sqlite.zst');
+  const saved = join(work.path, 'saved.zst');
+  await rename(primaryArtifact, saved);
+  // A symlink to itself: opening it fails with ELOOP, which local storage reports as storage_failed.
+  await symlink('database.sqlite.zst', primaryArtifact);
+  const restoreInto = async (name: string) => {
+    const r = await server.api('POST', '/api/v1/instances/app/restores', { backup: b.id, targets: { db: { connection: join(work.path, name) } } });
+    return waitFor(server.api, `/api/v1/restores/${r.body.id}`);
+  };
+  const first = await restoreInto('first.db');
+  assert.equal(first.status, 'success', first.status_info);
+  assert.equal(rowCount(join(work.path, 'first.db')), 50);
+  assert.match(first.result.resources[0].warnings.join(' '), /default could not be read this time.*another copy was used/);
+  const copies = (await server.api('GET', `/api/v1/backups/${b.id}`)).body.copies;
+  assert.deepEqual(
+    copies.map((c: any) => [c.destination, c.status]),
+    [
+      ['default', 'success'],
+      ['offsite', 'success'],
+    ],
+  );
+  // Once storage answers again, the primary copy is used as before, without a warning.
+  await rm(primaryArtifact);
+  await rename(saved, primaryArtifact);
+  await rm(second, { recursive: true, force: true });
+  const second_ = await restoreInto('second.db');
+  assert.equal(second_.status, 'success', second_.status_info);
+  assert.deepEqual(second_.result.resources[0].warnings, []);
 });
 
 test('a destination that fails drops out; the backup succeeds in the other and says which copy failed', async (t) => {

@@ -17,7 +17,7 @@ export interface CopyView {
 
 /** Errors after which another copy may still serve: the bytes are bad or missing, or that storage failed. */
 export function isCopyFault(err: unknown): boolean {
-  return isAppError(err) && ['checksum_mismatch', 'storage_not_found', 'storage_failed', 'integrity_failed'].includes(err.code);
+  return isAppError(err) && ['checksum_mismatch', 'storage_not_found', 'storage_failed'].includes(err.code);
 }
 
 /**
@@ -138,8 +138,14 @@ export async function fromAnyCopy<T>(ctx: ServiceContext, backupId: string, fn: 
     } catch (err) {
       if (!isCopyFault(err) || copies.length === 1) throw err;
       last = err;
+      // A damaged or missing copy is marked, so later restores and drills go to a good copy first and the
+      // user sees which one is bad. A storage failure (network, timeout, a 5xx) may be passing: it says
+      // nothing about the copy, so the copy keeps its status and is tried again next time.
+      if (isAppError(err) && err.code === 'storage_failed') {
+        warnings.push(`The copy in destination ${d.name} could not be read this time (${publicMessage(err)}); another copy was used.`);
+        continue;
+      }
       warnings.push(`The copy in destination ${d.name} could not be used: ${publicMessage(err)}`);
-      // Marked, so later restores and drills go to a good copy first and the user sees which one is bad.
       await recordCopies(ctx, backupId, [{ destination: d.name, status: 'error', status_info: publicMessage(err), size: 0 }]);
     }
   }
