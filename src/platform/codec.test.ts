@@ -6,7 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { compress as zstdCompress, decompress as zstdDecompress } from 'zstd-napi';
 import { AppError } from '../errors/index.ts';
-import { VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { decompressor } from './streams.ts';
 
 /** Text-like data that compresses a few times, in chunks of varied size. */
 function sample(bytes: number, seed = 1): Buffer {
@@ -46,6 +47,21 @@ describe('codec worker streams', () => {
     assert.equal(z.bytes, stored.length);
     assert.equal(z.sha256, sha(stored));
     assert.deepEqual(zstdDecompress(stored), data);
+  });
+
+  it('compresses input of several segments, compressible or not, into frames every zstd decoder reads', async () => {
+    // 4 MiB segments: 9.5 MB makes three frames; random bytes make frames
+    // larger than one reply may carry, so the end needs pulls too (and with
+    // exactly two segments, the end arrives while the last frame is being sent).
+    for (const data of [sample(9_500_000, 5), randomBytes(9_500_000), randomBytes(8 * 1024 * 1024)]) {
+      const z = new ZstdCompressHash(3);
+      const stored = await collect(chunks(data), z);
+      assert.equal(z.bytes, stored.length);
+      assert.equal(z.sha256, sha(stored));
+      assert.deepEqual(zstdDecompress(stored), data);
+      assert.deepEqual(await collect(chunks(stored), decompressor('zstd', 'artifact')), data);
+      assert.deepEqual(await collect(chunks(stored), new VerifiedZstdDecompress(z.sha256, z.bytes, 'artifact')), data);
+    }
   });
 
   it('compresses an empty stream into a valid empty frame', async () => {
@@ -134,6 +150,57 @@ describe('codec worker streams', () => {
     released?.();
     await done;
     assert.equal(received, total);
+  });
+
+  it('hashes bytes that pass through unchanged, and checks them against a manifest entry', async () => {
+    for (const data of [Buffer.alloc(0), sample(1_500_000, 4)]) {
+      const h = new Sha256PassThrough();
+      assert.deepEqual(await collect(chunks(data), h), data);
+      assert.equal(h.bytes, data.length);
+      assert.equal(h.sha256, sha(data));
+      assert.deepEqual(await collect(chunks(data), new VerifiedPassThrough(sha(data), data.length, 'artifact y')), data);
+    }
+    const data = sample(700_000, 8);
+    const flipped = Buffer.from(data);
+    flipped[123_456]! ^= 1;
+    const cases: Array<[string, Buffer, RegExp]> = [
+      ['changed byte', flipped, /artifact y does not match its sha256/],
+      ['shorter', data.subarray(0, data.length - 1), /has \d+ bytes, its manifest says/],
+      ['longer', Buffer.concat([data, Buffer.from('x')]), /larger than its manifest says/],
+    ];
+    for (const [name, bytes, message] of cases) {
+      await assert.rejects(
+        collect(chunks(bytes), new VerifiedPassThrough(sha(data), data.length, 'artifact y')),
+        (err: unknown) => err instanceof AppError && err.code === 'checksum_mismatch' && message.test(err.message),
+        name,
+      );
+    }
+  });
+
+  it('hashing stops reading its input while its consumer does not read', async () => {
+    const piece = sample(64 * 1024, 2);
+    let fed = 0;
+    const source = new Readable({
+      read() {
+        fed += piece.length;
+        this.push(fed <= 200 * 1024 * 1024 ? piece : null);
+      },
+    });
+    let release: (() => void) | undefined;
+    const stuck = new Writable({
+      highWaterMark: 1024 * 1024,
+      write(_c: Buffer, _e, cb) {
+        release = cb; // holds the first write until the test lets go
+      },
+    });
+    const h = new Sha256PassThrough();
+    const done = pipeline(source, h, stuck);
+    await sleep(500);
+    assert.ok(fed < 16 * 1024 * 1024, `${fed} bytes read while the consumer read nothing`);
+    stuck._write = (_c: Buffer, _e, cb) => cb();
+    release?.();
+    await done;
+    assert.equal(h.bytes, 200 * 1024 * 1024);
   });
 
   it('a destroyed stream frees its place and later streams work', async () => {

@@ -1,5 +1,7 @@
 // zstd compression and decompression, with the sha256 of the stored bytes,
-// in worker threads (codec-worker.ts), so neither blocks the event loop.
+// and sha256 alone (gzip and uncompressed artifacts, passed through as they
+// are), in worker threads (codec-worker.ts), so none of it blocks the event
+// loop.
 //
 // Why not zstd-napi's own streams on the main thread: with nbWorkers they wait
 // inside native code for zstd's thread whenever its buffers are full, and the
@@ -9,7 +11,7 @@
 //
 // Backpressure: at most MAX_IN_FLIGHT batches of a stream are in the worker,
 // each request makes at most 1 MiB of output (the worker keeps the rest of
-// its input until pulled), and neither new input nor a pull goes out while
+// its input, or of a compressed 4 MiB segment, until pulled), and neither new input nor a pull goes out while
 // the readable side is over its high-water mark: memory per stream stays
 // bounded whatever the speed of either end or the compression ratio.
 import { availableParallelism } from 'node:os';
@@ -21,6 +23,7 @@ import { startModuleWorker } from './workers.ts';
 export type CodecRequest =
   | { op: 'open'; id: number; mode: 'compress'; level: number }
   | { op: 'open'; id: number; mode: 'decompress' }
+  | { op: 'open'; id: number; mode: 'hash' }
   | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
   | { op: 'pull'; id: number }
   | { op: 'end'; id: number }
@@ -87,7 +90,14 @@ abstract class CodecStream extends Transform {
   private endSent = false;
   private released = false;
 
-  constructor(open: CodecRequest) {
+  /**
+   * `passes`: the input goes on unchanged (the worker only hashes it) rather
+   * than the worker's output.
+   */
+  constructor(
+    open: CodecRequest,
+    private readonly passes = false,
+  ) {
     super();
     this.home = pickWorker();
     this.home.streams.set(this.id, this);
@@ -111,6 +121,7 @@ abstract class CodecStream extends Transform {
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.counted(chunk.length);
     if (this.destroyed) return;
+    if (this.passes && !this.push(chunk)) this.outputFull = true;
     let offset = 0;
     while (offset < chunk.length) {
       this.batch ??= Buffer.allocUnsafeSlow(BATCH_BYTES);
@@ -206,8 +217,9 @@ abstract class CodecStream extends Transform {
 }
 
 /**
- * zstd compression at `level` with zstd's content checksum. After the
- * stream ended, `bytes` and `sha256` describe the compressed output.
+ * zstd compression at `level` with zstd's content checksum, as one frame
+ * per 4 MiB of input (see codec-worker.ts). After the stream ended, `bytes`
+ * and `sha256` describe the compressed output.
  */
 export class ZstdCompressHash extends CodecStream {
   bytes = 0;
@@ -268,5 +280,66 @@ export class VerifiedZstdDecompress extends CodecStream {
       throw new AppError('checksum_mismatch', `${this.label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`);
     }
     if (end.truncated) throw new AppError('checksum_mismatch', `${this.label} ends in the middle of a zstd frame; the stored copy is damaged`);
+  }
+}
+
+/** The size and sha256 of the bytes that pass through, computed in a codec worker. */
+export class Sha256PassThrough extends CodecStream {
+  bytes = 0;
+  private hex: string | undefined;
+
+  constructor() {
+    super({ op: 'open', id: 0, mode: 'hash' }, true);
+  }
+
+  protected workerError(message: string): Error {
+    return new AppError('internal', `hashing failed: ${message}`);
+  }
+
+  protected finished(end: NonNullable<CodecReply['end']>): void {
+    this.bytes = end.inBytes;
+    this.hex = end.sha256;
+  }
+
+  get sha256(): string {
+    if (this.hex === undefined) throw new Error('Sha256PassThrough: stream has not ended');
+    return this.hex;
+  }
+}
+
+/**
+ * Passes stored bytes through and, at the end, errors with checksum_mismatch
+ * (naming `label`) unless they had `expectedSize` bytes and sha256
+ * `expectedSha256`; hashed in a codec worker.
+ */
+export class VerifiedPassThrough extends CodecStream {
+  private seen = 0;
+
+  constructor(
+    private readonly expectedSha256: string,
+    private readonly expectedSize: number,
+    private readonly label: string,
+  ) {
+    super({ op: 'open', id: 0, mode: 'hash' }, true);
+  }
+
+  protected override counted(bytes: number): void {
+    this.seen += bytes;
+    if (this.seen > this.expectedSize) {
+      this.destroy(new AppError('checksum_mismatch', `${this.label} is larger than its manifest says (${this.expectedSize} bytes)`));
+    }
+  }
+
+  protected workerError(message: string): Error {
+    return new AppError('internal', `hashing ${this.label} failed: ${message}`);
+  }
+
+  protected finished(end: NonNullable<CodecReply['end']>): void {
+    if (end.inBytes !== this.expectedSize) {
+      throw new AppError('checksum_mismatch', `${this.label} has ${end.inBytes} bytes, its manifest says ${this.expectedSize}`);
+    }
+    if (end.sha256 !== this.expectedSha256) {
+      throw new AppError('checksum_mismatch', `${this.label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`);
+    }
   }
 }
