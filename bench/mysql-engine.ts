@@ -2,13 +2,18 @@
 // bench's shop data set: backup (the engine's dump stream written to a file,
 // vs mariadb-dump | zstd -3 and vs mariadb-dump alone) and restore into a new
 // database (the engine reading that file, vs zstd -d | mariadb and vs mariadb
-// alone). No Backvault server, storage or compression: it isolates the
-// engine's own work. Per measurement: wall, CPU of this process (what the
-// engine costs the server's process) and CPU of its children (the tools);
-// median of the runs, the order alternating between engine and reference.
-// Usage: node --import tsx bench/mysql-engine.ts [--size-mb 100] [--runs 3] [--reuse] [--keep]
+// alone). No Backvault server or storage: it isolates the engine's own
+// work; "engine backup + storage stages" adds the server's
+// zstd/sha256 stages (compressForStorage, codec worker threads) between the
+// engine and the file, as a backup through the API does. Per measurement:
+// wall, CPU of this process (all threads: what the engine costs the server's
+// process), of its main thread alone (the event loop; the rest is codec
+// workers and libuv's pool) and of its children (the tools); median of the
+// runs, the order alternating between engine and reference.
+// Usage: node --import tsx bench/mysql-engine.ts [--size-mb 100] [--runs 3] [--reuse] [--keep] [--backup-only]
 //   --reuse: keep using database bench_myeng if it exists (skip generating);
-//   --keep:  leave bench_myeng in place at the end (for a later --reuse).
+//   --keep:  leave bench_myeng in place at the end (for a later --reuse);
+//   --backup-only: skip the restores.
 import { createReadStream, createWriteStream, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -16,6 +21,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { mysqlEngine } from '../src/engines/mysql/index.ts';
+import { ByteCounter, compressForStorage } from '../src/platform/streams.ts';
 import type { ObjectCounts } from '../src/domain/types.ts';
 import { dropMy, loadMy } from './lib/datasets.ts';
 import { MY, MY_URL, q, sh } from './lib/sh.ts';
@@ -27,6 +33,7 @@ const { values: opts } = parseArgs({
     runs: { type: 'string', default: '3' },
     reuse: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
+    'backup-only': { type: 'boolean', default: false },
   },
 });
 const sizeMb = Number(opts['size-mb']);
@@ -47,20 +54,29 @@ function childCpu(): number {
   return (Number(f[13]) + Number(f[14])) / TICK;
 }
 
+/** CPU seconds of this process's main thread (its task is the process id). */
+function mainThreadCpu(): number {
+  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICK;
+}
+
 interface Sample {
   wall: number;
   cpu: number;
+  mainCpu: number;
   childCpu: number;
 }
 
 async function timed(fn: () => Promise<unknown>): Promise<Sample> {
   const c0 = process.cpuUsage();
   const k0 = childCpu();
+  const m0 = mainThreadCpu();
   const t0 = performance.now();
   await fn();
   const wall = (performance.now() - t0) / 1000;
   const c = process.cpuUsage(c0);
-  return { wall, cpu: (c.user + c.system) / 1e6, childCpu: childCpu() - k0 };
+  return { wall, cpu: (c.user + c.system) / 1e6, mainCpu: mainThreadCpu() - m0, childCpu: childCpu() - k0 };
 }
 
 async function exists(db: string): Promise<boolean> {
@@ -79,6 +95,7 @@ if (!(opts.reuse && (await exists(SRC)))) {
 const bvFile = join(work, 'engine.sql');
 const refFile = join(work, 'ref.sql.zst');
 const rawFile = join(work, 'ref.sql');
+const bvZstFile = join(work, 'engine.sql.zst');
 const DUMP = `mariadb-dump -h 127.0.0.1 -u root --single-transaction ${SRC}`;
 let counts: ObjectCounts = {};
 
@@ -88,6 +105,16 @@ const measurements: Record<string, { label: string; run: () => Promise<unknown>;
     run: async () => {
       const out = await mysqlEngine.dump({ resource: { name: 'db', type: 'mysql', connection: MY_URL(SRC), options: {} }, selection: null, exclude: [], useReplica: false, workDir: join(work, 'wd'), signal });
       await pipeline(out.stream, createWriteStream(bvFile));
+      counts = (await out.info).counts;
+    },
+  },
+  backup_zstd: {
+    label: 'engine backup + storage stages (dump stream -> zstd -3 + sha256 -> file)',
+    run: async () => {
+      const out = await mysqlEngine.dump({ resource: { name: 'db', type: 'mysql', connection: MY_URL(SRC), options: {} }, selection: null, exclude: [], useReplica: false, workDir: join(work, 'wd'), signal });
+      const raw = new ByteCounter();
+      const compressed = compressForStorage('zstd');
+      await pipeline([out.stream, raw, ...compressed.stages, createWriteStream(bvZstFile)]);
       counts = (await out.info).counts;
     },
   },
@@ -118,25 +145,28 @@ try {
   for (let r = 0; r < runs; r++) {
     loads.push(loadavg()[0]!);
     // Backups first (the restores read their files); engine and reference alternate which goes first.
-    const order = r % 2 === 0 ? [['backup', 'ref_backup', 'ref_backup_raw'], ['restore', 'ref_restore', 'ref_restore_raw']] : [['ref_backup', 'ref_backup_raw', 'backup'], ['ref_restore', 'ref_restore_raw', 'restore']];
-    for (const key of order.flat()) {
+    const order = r % 2 === 0 ? [['backup', 'backup_zstd', 'ref_backup', 'ref_backup_raw'], ['restore', 'ref_restore', 'ref_restore_raw']] : [['ref_backup', 'ref_backup_raw', 'backup_zstd', 'backup'], ['ref_restore', 'ref_restore_raw', 'restore']];
+    for (const key of opts['backup-only'] ? order[0]! : order.flat()) {
       const m = measurements[key]!;
       const s = await timed(m.run);
       await m.after?.();
       samples[key]!.push(s);
-      log(`run ${r + 1}: ${key} ${s.wall.toFixed(2)} s wall, ${s.cpu.toFixed(2)} s cpu, ${s.childCpu.toFixed(2)} s children`);
+      log(`run ${r + 1}: ${key} ${s.wall.toFixed(2)} s wall, ${s.cpu.toFixed(2)} s cpu (main thread ${s.mainCpu.toFixed(2)} s), ${s.childCpu.toFixed(2)} s children`);
     }
   }
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const m = (k: string, f: keyof Sample) => median(samples[k]!.map((s) => s[f]));
   console.log(`\nmysql engine, ${(statSync(bvFile).size / 1e6).toFixed(1)} MB dump, rows ${JSON.stringify(counts.tables)}, median of ${runs}; load average (1 min) at each run: ${loads.map((x) => x.toFixed(1)).join(', ')}\n`);
-  console.log('| measurement | wall | this process CPU | children CPU | runs (wall) |');
-  console.log('| --- | --- | --- | --- | --- |');
+  console.log('| measurement | wall | this process CPU (all threads) | of which main thread | children CPU | runs (wall) |');
+  console.log('| --- | --- | --- | --- | --- | --- |');
   for (const [k, def] of Object.entries(measurements)) {
-    console.log(`| ${def.label} | ${m(k, 'wall').toFixed(2)} s | ${m(k, 'cpu').toFixed(2)} s | ${m(k, 'childCpu').toFixed(2)} s | ${samples[k]!.map((s) => s.wall.toFixed(2)).join(', ')} |`);
+    if (samples[k]!.length === 0) continue;
+    console.log(`| ${def.label} | ${m(k, 'wall').toFixed(2)} s | ${m(k, 'cpu').toFixed(2)} s | ${m(k, 'mainCpu').toFixed(2)} s | ${m(k, 'childCpu').toFixed(2)} s | ${samples[k]!.map((s) => s.wall.toFixed(2)).join(', ')} |`);
   }
   const ratio = (a: string, b: string) => (m(a, 'wall') / m(b, 'wall')).toFixed(2);
-  console.log(`\nbackup ${ratio('backup', 'ref_backup')}x the zstd pipeline (${ratio('backup', 'ref_backup_raw')}x mariadb-dump alone); restore ${ratio('restore', 'ref_restore')}x the zstd pipeline (${ratio('restore', 'ref_restore_raw')}x mariadb alone)`);
+  const cpuRatio = (a: string, b: string) => ((m(a, 'cpu') + m(a, 'childCpu')) / (m(b, 'cpu') + m(b, 'childCpu'))).toFixed(2);
+  console.log(`\nbackup ${ratio('backup', 'ref_backup')}x the zstd pipeline (${ratio('backup', 'ref_backup_raw')}x mariadb-dump alone); with the storage stages ${ratio('backup_zstd', 'ref_backup')}x the zstd pipeline's wall, ${cpuRatio('backup_zstd', 'ref_backup')}x its total CPU (process + children)`);
+  if (!opts['backup-only']) console.log(`restore ${ratio('restore', 'ref_restore')}x the zstd pipeline (${ratio('restore', 'ref_restore_raw')}x mariadb alone)`);
 } finally {
   await dropMy(RBV).catch(() => {});
   await dropMy(RREF).catch(() => {});

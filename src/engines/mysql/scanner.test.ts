@@ -158,4 +158,44 @@ describe('mysql dump scanner', () => {
       assert.equal(r.tables, ref.tables, `chunk size ${size}`);
     }
   });
+
+  it('counts rows through long runs of plain bytes (hex blobs, numbers) at every chunk boundary', () => {
+    // The tuples' plain bytes are skipped several at a time: runs of every length, ending in
+    // every kind of byte the lexer must stop at, must still be seen whole.
+    let seed = 11;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const hex = (n: number) => Array.from({ length: n }, () => '0123456789ABCDEF'[Math.floor(rand() * 16)]).join('');
+    const parts = ['CREATE TABLE `h` (`id` bigint, `b` blob, `d` decimal(20,2), `s` text);\n'];
+    let rows = 0;
+    for (let len = 0; len < 40; len++) {
+      const tuples = Array.from({ length: 1 + (len % 3) }, (_, k) => {
+        rows++;
+        const blob = len === 0 && k === 0 ? "''" : `0x${hex(len * 7 + k)}`;
+        // a string right after the run, holding what would end a statement or open a tuple
+        return `(${1234567890123 + len},${blob},${len}.${k}5,'x${hex(len)};(y)')`;
+      });
+      parts.push(`INSERT INTO \`h\` VALUES ${tuples.join(',')};\n`);
+    }
+    // a comment and a backquote right after long runs: the general lexer takes over there
+    parts.push(`INSERT INTO \`h\` VALUES (1,0x${hex(33)}/* (2),(3) */),(2,0x${hex(9)}) -- (4),(5)\n;\n`);
+    rows += 2;
+    parts.push(`INSERT INTO \`h\` (\`id\`,\`b\`) VALUES (3,0x${hex(21)}),(4,\`b\`);\n`);
+    rows += 2;
+    // another delimiter whose first byte is a plain byte elsewhere: the runs stop at it
+    parts.push(`DELIMITER 9Z\nINSERT INTO \`h\` VALUES (5,0x${hex(17)}),(6,123456789)9Z\nINSERT INTO \`h\` VALUES (7,0x0123456789AB) 9Z\nDELIMITER ;\n`);
+    rows += 3;
+    const text = Buffer.from(parts.join(''));
+    const ref = scan(text, 1 << 16);
+    assert.deepEqual(ref.rows, { h: rows });
+    // every byte lands somewhere; the statement ended by the other delimiter is whole in the table part
+    assert.equal(ref.total, text.length);
+    assert.ok(ref.tables.endsWith(`,(6,123456789)9Z\nINSERT INTO \`h\` VALUES (7,0x0123456789AB) 9Z`));
+    assert.ok(ref.both.endsWith('\nDELIMITER ;\n'));
+    for (let size = 1; size <= 80; size++) {
+      const r = scan(text, size);
+      assert.deepEqual(r.rows, { h: rows }, `chunk size ${size}`);
+      assert.equal(r.tables, ref.tables, `chunk size ${size}`);
+      assert.equal(r.both, ref.both, `chunk size ${size}`);
+    }
+  });
 });

@@ -237,6 +237,10 @@ export class DumpScanner {
       }
 
       // CODE
+      if (this.headFrozen) {
+        i = this.scanValues(buf, i, limit);
+        if (this.state !== CODE || i >= limit) continue;
+      }
       const c = buf[i]!;
       if (!this.started) {
         if (c <= 0x20) {
@@ -264,15 +268,8 @@ export class DumpScanner {
         continue;
       }
       if (!this.special[c]) {
-        if (this.headFrozen) {
-          // Fast path through the bulk of INSERT data (numbers, hex blobs, commas).
-          const special = this.special;
-          i++;
-          while (i < limit && special[buf[i]!] === 0) i++;
-        } else {
-          this.addCode(c);
-          i++;
-        }
+        if (!this.headFrozen) this.addCode(c);
+        i++;
         continue;
       }
       switch (c) {
@@ -345,6 +342,76 @@ export class DumpScanner {
     this.buf = EMPTY;
     this.emitFrom = 0;
     return end;
+  }
+
+  /**
+   * The bulk of a dump, the body of a statement whose head is known (an
+   * INSERT's tuples): plain bytes (numbers, hex blobs, commas), strings and
+   * parentheses in one tight loop, with the state in locals. Stops at any
+   * other special byte (the delimiter, comments, backquotes), which the
+   * general lexer then takes, or in a string the buffer does not close.
+   */
+  private scanValues(buf: Buffer, i: number, limit: number): number {
+    const special = this.special;
+    const delimFirst = this.delim[0]!;
+    const len = buf.length;
+    const insert = this.kind === KIND_INSERT;
+    let depth = this.depth;
+    let tuples = this.tuples;
+    while (i < limit) {
+      const c = buf[i]!;
+      if (special[c] === 0) {
+        i++;
+        // Four bytes a step through long runs (hex blobs); the last few one by one.
+        while (i + 4 <= limit && (special[buf[i]!]! | special[buf[i + 1]!]! | special[buf[i + 2]!]! | special[buf[i + 3]!]!) === 0) i += 4;
+        while (i < limit && special[buf[i]!] === 0) i++;
+        continue;
+      }
+      if (c === delimFirst) break;
+      if (c === 0x27 || c === 0x22) {
+        // A string: jump from quote to quote (see the QUOTE state).
+        i++;
+        let open = true;
+        for (;;) {
+          const at = buf.indexOf(c, i);
+          const stop = at === -1 ? len : at;
+          let k = stop;
+          while (k > i && buf[k - 1] === 0x5c) k--;
+          const odd = ((stop - k) & 1) === 1;
+          if (at === -1) {
+            i = len;
+            this.escaped = odd;
+            break;
+          }
+          i = at + 1;
+          if (!odd) {
+            open = false;
+            break;
+          }
+        }
+        if (open) {
+          this.state = QUOTE;
+          this.quoteChar = c;
+          break;
+        }
+        continue;
+      }
+      if (c === 0x28) {
+        depth++;
+        if (depth === 1 && insert) tuples++;
+        i++;
+        continue;
+      }
+      if (c === 0x29) {
+        if (depth > 0) depth--;
+        i++;
+        continue;
+      }
+      break;
+    }
+    this.depth = depth;
+    this.tuples = tuples;
+    return i;
   }
 
   private addCode(c: number): void {
