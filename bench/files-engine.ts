@@ -6,11 +6,13 @@
 //   restore: engine (includes its syncfs)   vs  tar -xf file -C new (and + sync -f new)
 //            engine <- zstd -d <- file      vs  zstd -d < file | tar -xf - -C new
 // Each pair alternates which side goes first; prints medians (wall and the
-// engine's CPU) as JSON and a table. The compression is the service's own
+// engine's CPU: the whole process's, all threads, and the main thread's
+// alone, which the engine's workers spare) as JSON and a table, and the
+// process's peak RSS. The compression is the service's own
 // (src/platform/streams.ts compressor), as the backup pipeline uses it.
 // Usage: node --import tsx bench/files-engine.ts [--size-mb 120] [--runs 3] [--engine DIR] [--work DIR] [--keep] [--only backup|restore]
 //   --engine DIR: import DIR/index.ts instead of src/engines/files (to time an older copy in the same way)
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -51,20 +53,32 @@ const bvZst = join(work, 'bv.tar.zst');
 interface Sample {
   ms: number;
   cpuMs?: number;
+  mainCpuMs?: number;
 }
 const samples: Record<string, Sample[]> = {};
 const push = (k: string, s: Sample): void => {
   (samples[k] ??= []).push(s);
 };
 
-/** Wall and this process's CPU time (user + system, all threads) of fn. */
+/** The main thread's CPU time in ms (Linux: its task's utime + stime, in clock ticks of 10 ms), or NaN. */
+function mainThreadCpuMs(): number {
+  try {
+    const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Wall and this process's CPU time (user + system; all threads, and the main thread alone) of fn. */
 async function timed(fn: () => Promise<unknown>): Promise<Sample> {
   const c0 = process.cpuUsage();
+  const m0 = mainThreadCpuMs();
   const t0 = performance.now();
   await fn();
   const ms = performance.now() - t0;
   const c = process.cpuUsage(c0);
-  return { ms, cpuMs: (c.user + c.system) / 1000 };
+  return { ms, cpuMs: (c.user + c.system) / 1000, mainCpuMs: mainThreadCpuMs() - m0 };
 }
 
 async function refTimed(cmd: string): Promise<Sample> {
@@ -178,10 +192,15 @@ const result = {
   engine: engineDir,
   loadavg_start: +load0.toFixed(2),
   loadavg_end: loadavg().map((x) => +x.toFixed(2)),
+  peak_rss_mib: Math.round(Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? NaN) / 1024),
   medians: Object.fromEntries(
     Object.entries(samples).map(([k, s]) => [
       k,
-      { ms: Math.round(median(s.map((x) => x.ms))), ...(s[0]!.cpuMs !== undefined ? { cpu_ms: Math.round(median(s.map((x) => x.cpuMs!))) } : {}), all_ms: s.map((x) => Math.round(x.ms)) },
+      {
+        ms: Math.round(median(s.map((x) => x.ms))),
+        ...(s[0]!.cpuMs !== undefined ? { cpu_ms: Math.round(median(s.map((x) => x.cpuMs!))), main_cpu_ms: Math.round(median(s.map((x) => x.mainCpuMs!))) } : {}),
+        all_ms: s.map((x) => Math.round(x.ms)),
+      },
     ]),
   ),
 };
@@ -190,7 +209,7 @@ const row = (label: string, e: string, r: string) => {
   const a = result.medians[e];
   const b = result.medians[r];
   if (!a || !b) return;
-  console.error(`${label.padEnd(34)} engine ${(a.ms / 1000).toFixed(2)} s (cpu ${((a.cpu_ms ?? 0) / 1000).toFixed(2)} s)  tar ${(b.ms / 1000).toFixed(2)} s  ${(a.ms / b.ms).toFixed(2)}x`);
+  console.error(`${label.padEnd(34)} engine ${(a.ms / 1000).toFixed(2)} s (cpu ${((a.cpu_ms ?? 0) / 1000).toFixed(2)} s, main thread ${((a.main_cpu_ms ?? 0) / 1000).toFixed(2)} s)  tar ${(b.ms / 1000).toFixed(2)} s  ${(a.ms / b.ms).toFixed(2)}x`);
 };
 row('backup, null sink', 'backup_null_engine', 'backup_null_tar');
 row('backup, zstd -3', 'backup_zstd_engine', 'backup_zstd_tar');

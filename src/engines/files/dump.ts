@@ -1,227 +1,247 @@
-// Packs a directory tree into a tar stream (tar-stream writes ustar, and pax
-// headers for long or non-ASCII names, which GNU tar reads). The walk and the
-// file reads run ahead of the packer (AHEAD entries, AHEAD_BYTES of small
-// files), so the thread pool stats and reads the next files while this one is
-// packed; the archive keeps the walk's order. Each file's bytes are hashed
-// once, as they are read, for the tree digest.
-import { createHash } from 'node:crypto';
-import { close, constants, fstat, open as openCb, read as readCb, type Stats } from 'node:fs';
-import { open, readlink } from 'node:fs/promises';
+// Packs a directory tree into a tar stream. The work (walk, reads, hashes,
+// tar headers, tree digest) runs in a worker thread with synchronous calls
+// (dump-pack.ts): on the main thread each asynchronous fs call cost ~30 µs of
+// CPU through libuv's thread pool, taken from the event loop that serves the
+// API. The main thread only passes the worker's batches on.
+//
+// Backpressure: the worker sends a batch only with credit. It starts with
+// CREDIT batches; a batch the stream takes below its high-water mark gives its
+// credit back at once, the others when the consumer reads (_read). So at most
+// CREDIT batches and the stream's buffer are in flight, whatever the tree.
+//
+// Workers are long-lived and reused: starting one (under tsx especially)
+// costs more than a small dump. Each runs one dump at a time; a dump takes an
+// idle worker or starts one, and up to MAX_IDLE stay for the next dumps,
+// leaving after IDLE_MS. A worker keeps the process alive only while it has
+// credit, i.e. while it works for a consumer that wants its bytes.
+//
+// Cancelling (the signal, or the consumer destroying the stream) sets a shared
+// flag the worker checks between entries and between chunks of a file; it then
+// reports and is reused. One that does not report within CANCEL_GRACE_MS
+// (stuck in a system call) is terminated. A worker that dies fails its dump
+// with engine_failed; the next dump gets a new worker.
+import { resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
-import { promisify } from 'node:util';
-import tar from 'tar-stream';
-import { AppError } from '../../errors/index.ts';
+import type { Worker } from 'node:worker_threads';
+import { AppError, type ErrorCode, ERRORS } from '../../errors/index.ts';
+import { startModuleWorker } from '../../platform/workers.ts';
 import type { DumpInfo } from '../engine.ts';
+import type { DumpSpec } from './dump-pack.ts';
+import { CANCEL, CELLS, CREDIT, type DumpReply, type DumpRequest } from './dump-protocol.ts';
 import type { PathFilter } from './select.ts';
-import { Settled, TreeDigest, type TreeLine, type WalkEntry, walkTree } from './tree.ts';
 
-type TarHeader = Partial<tar.Header> & { name: string };
+/** Batches (dump-pack.ts BATCH, 256 KiB) a worker may send before the stream takes them. */
+const CREDIT_BATCHES = 4;
+/** The stream's buffer; a batch pushed past it waits for the consumer to give its credit back. */
+const HIGH_WATER = 512 * 1024;
+const MAX_IDLE = 2;
+const IDLE_MS = 30_000;
+const CANCEL_GRACE_MS = 5_000;
+/**
+ * A small young generation for the worker: what it allocates per file dies at
+ * once, and V8's default (up to 48 MiB) made its heap the largest part of the
+ * process's peak memory during a dump.
+ */
+const WORKER_YOUNG_MB = 4;
 
-/** Chunk size for large files, which are streamed. */
-const CHUNK = 256 * 1024;
-/** Files up to this size are read whole with one read call. */
-const SMALL = 1024 * 1024;
-/** Entries prepared (stat'ed, read) ahead of the one being packed, and the small-file bytes they may hold. */
-const AHEAD = 16;
-const AHEAD_BYTES = 16 * 1024 * 1024;
-
-// O_NOFOLLOW: if a file was swapped for a symlink since lstat, fail rather
-// than read what it points to; O_NONBLOCK: a fifo swapped in must not hang us.
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
-
-// The callback API without FileHandle objects: a small file costs open, read and close, nothing more.
-const openFd = promisify(openCb);
-const readFd = promisify(readCb);
-const fstatFd = promisify(fstat);
-const closeFd = promisify(close);
-
-/** Adds one entry and resolves once tar-stream has taken all of it (the callback fires then). */
-function addEntry(pack: tar.Pack, header: TarHeader, body?: Buffer | ((sink: NodeJS.WritableStream) => Promise<void>)): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error | null) => (err ? reject(err) : resolve());
-    if (Buffer.isBuffer(body)) {
-      // Written and ended at once; the callback fires when the pack has taken it (its own backpressure).
-      pack.entry(header, body, done).on('error', () => {});
-      return;
-    }
-    const sink = pack.entry(header, done);
-    // Failures arrive through the callback; an 'error' event without a listener would crash the process.
-    sink.on('error', () => {});
-    if (body) body(sink as unknown as NodeJS.WritableStream).catch((err: unknown) => {
-      (sink as unknown as { destroy(e: unknown): void }).destroy(err);
-      reject(err);
-    });
-  });
+interface Slot {
+  worker: Worker;
+  run: DumpRun | undefined;
+  idle: NodeJS.Timeout | undefined;
+  /** The worker's 'error' event, reported when it exits. */
+  error: Error | undefined;
+  retired: boolean;
 }
 
-/** Waits for 'drain', or fails if the entry is destroyed meanwhile (the consumer went away): 'drain' would then never come. */
-function drained(sink: NodeJS.WritableStream): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const cleanup = () => {
-      sink.off('drain', onDrain);
-      sink.off('close', onClose);
-    };
-    const onDrain = () => {
-      cleanup();
-      resolve();
-    };
-    const onClose = () => {
-      cleanup();
-      reject(new AppError('cancelled', 'The dump stream was closed before its end.'));
-    };
-    sink.on('drain', onDrain);
-    sink.on('close', onClose);
+const slots = new Set<Slot>();
+const idle: Slot[] = [];
+let nextId = 1;
+
+/** FOR TESTS: a view of the pool, and a way to empty it. */
+export const filesDumpPool = {
+  /** Workers started since the process began. */
+  started: 0,
+  /** Tar bytes received from workers since the process began. */
+  received: 0,
+  /** Workers alive. */
+  live: () => slots.size,
+  /** Workers alive and free for the next dump. */
+  idle: () => idle.length,
+  /** Terminates every worker, idle or busy (a busy one's dump fails as after a crash); resolves once they have exited. */
+  async terminateAll(): Promise<void> {
+    const all = [...slots];
+    const exits = all.map((s) => new Promise((resolve) => s.worker.once('exit', resolve)));
+    for (const s of all) retire(s);
+    await Promise.all(exits);
+  },
+};
+
+function startWorker(): Slot {
+  const worker = startModuleWorker(import.meta.url, './dump-worker', { resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_MB } });
+  filesDumpPool.started++;
+  const slot: Slot = { worker, run: undefined, idle: undefined, error: undefined, retired: false };
+  slots.add(slot);
+  worker.on('message', (m: DumpReply) => slot.run?.message(m));
+  worker.on('error', (err) => {
+    slot.error ??= err;
   });
+  worker.on('exit', (code) => {
+    forget(slot);
+    const run = slot.run;
+    slot.run = undefined;
+    run?.workerDied(slot.error, code);
+  });
+  return slot;
+}
+
+function forget(slot: Slot): void {
+  slots.delete(slot);
+  const i = idle.indexOf(slot);
+  if (i >= 0) idle.splice(i, 1);
+  clearTimeout(slot.idle);
+}
+
+function retire(slot: Slot): void {
+  slot.retired = true;
+  forget(slot);
+  void slot.worker.terminate();
+}
+
+function acquire(): Slot {
+  const slot = idle.pop();
+  if (!slot) return startWorker();
+  clearTimeout(slot.idle);
+  slot.idle = undefined;
+  return slot;
+}
+
+function release(slot: Slot): void {
+  slot.run = undefined;
+  slot.worker.unref();
+  if (slot.retired) return;
+  if (idle.length >= MAX_IDLE) {
+    retire(slot);
+    return;
+  }
+  slot.idle = setTimeout(() => retire(slot), IDLE_MS);
+  slot.idle.unref();
+  idle.push(slot);
+}
+
+/** One dump: its worker, its stream, and the credit between them. */
+class DumpRun {
+  readonly id = nextId++;
+  readonly stream: Readable;
+  result: DumpInfo | undefined;
+  private readonly cells = new Int32Array(new SharedArrayBuffer(CELLS * Int32Array.BYTES_PER_ELEMENT));
+  private slot: Slot | undefined;
+  /** Batches the worker may send or has in transit. */
+  private credit = CREDIT_BATCHES;
+  /** Batches pushed past the high-water mark: their credit goes back when the consumer reads. */
+  private owed = 0;
+  /** The worker is done with this dump (it answered, or died). */
+  private done = false;
+  private grace: NodeJS.Timeout | undefined;
+
+  constructor(spec: DumpSpec) {
+    this.stream = new Readable({
+      highWaterMark: HIGH_WATER,
+      read: () => this.giveBack(),
+      destroy: (err, cb) => {
+        this.stop();
+        cb(err);
+      },
+    });
+    Atomics.store(this.cells, CREDIT, CREDIT_BATCHES);
+    let slot: Slot;
+    try {
+      slot = acquire();
+    } catch (err) {
+      throw new AppError('engine_failed', `Cannot start the files dump worker: ${(err as Error).message}`, undefined, { cause: err });
+    }
+    this.slot = slot;
+    slot.run = this;
+    slot.worker.postMessage({ id: this.id, spec, cells: this.cells.buffer as SharedArrayBuffer } satisfies DumpRequest);
+    this.updateRef();
+  }
+
+  message(m: DumpReply): void {
+    if (m.id !== this.id || this.done) return;
+    switch (m.kind) {
+      case 'data':
+        this.credit--;
+        filesDumpPool.received += m.length;
+        if (this.stream.destroyed) break;
+        if (this.stream.push(Buffer.from(m.buffer, 0, m.length))) this.grant(1);
+        else this.owed++;
+        break;
+      case 'end':
+        this.result = m.info;
+        this.finish();
+        this.stream.push(null);
+        break;
+      case 'error':
+        this.finish();
+        this.stream.destroy(new AppError(m.code in ERRORS ? (m.code as ErrorCode) : 'engine_failed', m.message, m.details));
+        break;
+    }
+    this.updateRef();
+  }
+
+  workerDied(err: Error | undefined, code: number): void {
+    if (this.done) return;
+    this.done = true;
+    this.slot = undefined;
+    clearTimeout(this.grace);
+    this.stream.destroy(new AppError('engine_failed', `The files dump worker stopped before the dump ended (${err ? err.message : `exit code ${code}`}); run the backup again.`));
+  }
+
+  private giveBack(): void {
+    if (this.owed === 0 || this.done) return;
+    const n = this.owed;
+    this.owed = 0;
+    this.grant(n);
+    this.updateRef();
+  }
+
+  private grant(n: number): void {
+    this.credit += n;
+    Atomics.add(this.cells, CREDIT, n);
+    Atomics.notify(this.cells, CREDIT);
+  }
+
+  /** While the worker has credit it works for us and keeps the process alive; without, it waits on the consumer, which decides. */
+  private updateRef(): void {
+    if (!this.slot) return;
+    if (!this.done && this.credit > 0) this.slot.worker.ref();
+    else this.slot.worker.unref();
+  }
+
+  private finish(): void {
+    this.done = true;
+    clearTimeout(this.grace);
+    const slot = this.slot;
+    this.slot = undefined;
+    if (slot) release(slot);
+  }
+
+  /** The stream was destroyed: stop the worker if it still runs. */
+  private stop(): void {
+    if (this.done) return;
+    Atomics.store(this.cells, CANCEL, 1);
+    // A credit too, so a worker about to wait for one does not sleep through the cancel.
+    Atomics.add(this.cells, CREDIT, 1);
+    Atomics.notify(this.cells, CREDIT);
+    this.grace = setTimeout(() => {
+      if (!this.done && this.slot) retire(this.slot);
+    }, CANCEL_GRACE_MS);
+    this.grace.unref();
+  }
 }
 
 function asAppError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   return new AppError('engine_failed', `Packing the files failed: ${(err as Error)?.message ?? String(err)}`, undefined, { cause: err });
-}
-
-function headerBase(st: Stats): Pick<TarHeader, 'mode' | 'mtime' | 'uid' | 'gid'> {
-  return {
-    // The full st_mode: tar-stream replaces a mode of 0 by a default, and
-    // keeps only the permission bits when it writes the header.
-    mode: st.mode,
-    // Before 1970 cannot be written as an unsigned octal field.
-    mtime: new Date(Math.max(0, Math.floor(st.mtimeMs / 1000) * 1000)),
-    uid: st.uid,
-    gid: st.gid,
-  };
-}
-
-const cannotRead = (abs: string, err: unknown) => new AppError('engine_failed', `Cannot read ${abs}: ${(err as Error).message}`, undefined, { cause: err });
-const changedType = (abs: string) => new AppError('engine_failed', `${abs} changed type while the backup read it; run the backup again.`);
-const changedSize = (abs: string) =>
-  new AppError('engine_failed', `${abs} changed size while it was read; a tar entry's size is fixed in its header, so the backup cannot take it. Run the backup again when the file is quiet, or exclude it.`);
-
-interface SmallFile {
-  st: Stats;
-  data: Buffer;
-  sha256: string;
-}
-
-/**
- * Reads a small file whole: one read of size+1 bytes, where size is the
- * walk's lstat, so a read that returns exactly size bytes has met the end
- * of the file. null when the size no longer agrees: the file is then packed
- * by packLarge, which goes by fstat and refuses a file that keeps changing.
- */
-async function readSmall(e: WalkEntry): Promise<SmallFile | null> {
-  let fd: number;
-  try {
-    fd = await openFd(e.abs, READ_FLAGS);
-  } catch (err) {
-    throw cannotRead(e.abs, err);
-  }
-  try {
-    const size = e.stat.size;
-    const buf = Buffer.allocUnsafe(size + 1);
-    let got: number;
-    try {
-      got = (await readFd(fd, buf, 0, buf.length, 0)).bytesRead;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EISDIR') throw changedType(e.abs);
-      throw cannotRead(e.abs, err);
-    }
-    if (got !== size) return null;
-    // An empty read proves nothing about the type: a fifo swapped in reads as empty too.
-    if (size === 0 && !(await fstatFd(fd)).isFile()) throw changedType(e.abs);
-    const data = buf.subarray(0, size);
-    return { st: e.stat, data, sha256: createHash('sha256').update(data).digest('hex') };
-  } finally {
-    await closeFd(fd).catch(() => {});
-  }
-}
-
-/** Streams a file of any size into its entry, sized by fstat after open; the next chunk is read while this one is packed. */
-async function packLarge(pack: tar.Pack, e: WalkEntry, signal: AbortSignal): Promise<TreeLine> {
-  let fh;
-  try {
-    fh = await open(e.abs, READ_FLAGS);
-  } catch (err) {
-    throw cannotRead(e.abs, err);
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw changedType(e.abs);
-    const size = st.size;
-    const hash = createHash('sha256');
-    const readAt = (pos: number) => {
-      // A fresh buffer per chunk: tar-stream keeps a reference until the consumer has read it.
-      const buf = Buffer.allocUnsafe(Math.min(CHUNK, size - pos));
-      const p = fh.read(buf, 0, buf.length, pos).then(({ bytesRead }) => (bytesRead === buf.length ? buf : buf.subarray(0, bytesRead)));
-      p.catch(() => {}); // awaited below; a failure while we wait for drain must not count as unhandled
-      return p;
-    };
-    await addEntry(pack, { ...headerBase(st), name: e.rel, type: 'file', size }, async (sink) => {
-      let next = size > 0 ? readAt(0) : null;
-      try {
-        let pos = 0;
-        while (pos < size) {
-          if (signal.aborted) throw new AppError('cancelled');
-          const chunk = await next!;
-          if (chunk.length === 0) throw changedSize(e.abs);
-          pos += chunk.length;
-          next = pos < size ? readAt(pos) : null;
-          hash.update(chunk);
-          if (!sink.write(chunk)) await drained(sink);
-        }
-        // Read exactly the header's size; anything more means the file grew.
-        const { bytesRead: extra } = await fh.read(Buffer.alloc(1), 0, 1, size);
-        if (extra > 0) throw changedSize(e.abs);
-        sink.end();
-      } finally {
-        // The file is closed only once no read is in flight on it.
-        await next?.catch(() => {});
-      }
-    });
-    return { kind: 'f', path: e.rel, size, sha256: hash.digest('hex') };
-  } finally {
-    await fh.close();
-  }
-}
-
-/** One walked entry with its reads started. */
-type Prepared =
-  | { e: WalkEntry; kind: 'd' }
-  | { e: WalkEntry; kind: 'l'; target: Promise<Settled<string>> }
-  | { e: WalkEntry; kind: 'f'; small: Promise<Settled<SmallFile | null>> | null };
-
-function prepare(e: WalkEntry): Prepared | null {
-  switch (e.kind) {
-    case 'd':
-      return { e, kind: 'd' };
-    case 'l':
-      return { e, kind: 'l', target: Settled.of(readlink(e.abs)) };
-    case 'f':
-      return { e, kind: 'f', small: e.stat.size <= SMALL ? Settled.of(readSmall(e)) : null };
-    default:
-      return null;
-  }
-}
-
-async function packOne(pack: tar.Pack, p: Prepared, signal: AbortSignal): Promise<TreeLine> {
-  const { e } = p;
-  switch (p.kind) {
-    case 'd':
-      // A trailing slash marks a directory for old readers too.
-      await addEntry(pack, { ...headerBase(e.stat), name: `${e.rel}/`, type: 'directory' });
-      return { kind: 'd', path: e.rel };
-    case 'l': {
-      // The link itself, never what it points to.
-      const target = (await p.target).unwrap();
-      await addEntry(pack, { ...headerBase(e.stat), name: e.rel, type: 'symlink', linkname: target });
-      return { kind: 'l', path: e.rel, target };
-    }
-    case 'f': {
-      const small = p.small ? (await p.small).unwrap() : null;
-      if (!small) return packLarge(pack, e, signal);
-      await addEntry(pack, { ...headerBase(small.st), name: e.rel, type: 'file', size: small.data.length }, small.data);
-      return { kind: 'f', path: e.rel, size: small.data.length, sha256: small.sha256 };
-    }
-  }
 }
 
 export interface TreeDump {
@@ -230,58 +250,10 @@ export interface TreeDump {
 }
 
 export function dumpTree(root: string, filter: PathFilter, signal: AbortSignal): TreeDump {
-  const pack = tar.pack();
-  // Its failures reach the caller through `stream` (destroyed below); an
-  // 'error' event nobody listens to would crash the process.
-  pack.on('error', () => {});
-  // Lines in walk order, which is the archive's: the v2 digest (tree.ts).
-  const digest = new TreeDigest(2);
-  const warnings: string[] = [];
-  const warn = (m: string) => warnings.push(m);
-
-  const produce = async () => {
-    // Entries in walk order whose reads are under way; the head is packed next.
-    const queue: Prepared[] = [];
-    let queuedBytes = 0;
-    const packNext = async () => {
-      const p = queue.shift()!;
-      if (p.kind === 'f' && p.small) queuedBytes -= p.e.stat.size;
-      if (signal.aborted) throw new AppError('cancelled');
-      digest.add(await packOne(pack, p, signal));
-    };
-    await walkTree(
-      root,
-      filter,
-      async (e) => {
-        if (signal.aborted) throw new AppError('cancelled');
-        const p = prepare(e);
-        if (!p) {
-          warn(`${e.rel} is a socket, fifo or device; skipped`);
-          return;
-        }
-        queue.push(p);
-        if (p.kind === 'f' && p.small) queuedBytes += e.stat.size;
-        while (queue.length > AHEAD || queuedBytes > AHEAD_BYTES) await packNext();
-      },
-      warn,
-      signal,
-    );
-    while (queue.length > 0) await packNext();
-    for (const g of filter.unmatched()) warn(`the glob ${JSON.stringify(g)} matched nothing`);
-    pack.finalize();
-  };
-
-  // Node stream for callers (tar-stream's are streamx streams).
-  const stream = Readable.from(pack, { objectMode: false });
+  const run = new DumpRun({ root: resolvePath(root), takes: filter.takes, excludes: filter.excludes });
+  const stream = run.stream;
   const onAbort = () => stream.destroy(new AppError('cancelled'));
   signal.addEventListener('abort', onAbort, { once: true });
-
-  const produced = produce();
-  produced.catch((err: unknown) => {
-    const e = asAppError(err);
-    pack.destroy(e);
-    stream.destroy(e);
-  });
 
   const info = new Promise<DumpInfo>((resolve, reject) => {
     let ended = false;
@@ -291,14 +263,14 @@ export function dumpTree(root: string, filter: PathFilter, signal: AbortSignal):
     stream.once('error', (err) => reject(asAppError(err)));
     stream.once('close', () => {
       signal.removeEventListener('abort', onAbort);
-      if (!ended) {
-        pack.destroy(new Error('dump stream closed'));
+      if (!ended || !run.result) {
         reject(signal.aborted ? new AppError('cancelled') : new AppError('cancelled', 'The dump stream was closed before its end.'));
         return;
       }
-      produced.then(() => resolve({ counts: digest.result(), warnings }), (err: unknown) => reject(asAppError(err)));
+      resolve(run.result);
     });
   });
   info.catch(() => {});
+  if (signal.aborted) onAbort();
   return { stream, info };
 }

@@ -62,8 +62,16 @@ export class PathFilter {
   /** which globs matched nothing, to warn about them */
   private readonly unused: Map<string, (p: string) => boolean>;
 
-  /** Each list in `takes` is null (everything) or globs; a path must be taken by all of them. */
-  constructor(takes: (string[] | null)[], exclude: string[]) {
+  /**
+   * Each list in `takes` is null (everything) or globs; a path must be taken
+   * by all of them. Both are kept as given: a worker thread builds its own
+   * filter from them.
+   */
+  constructor(
+    readonly takes: (string[] | null)[],
+    readonly excludes: string[],
+  ) {
+    const exclude = excludes;
     const lists = takes.filter((t): t is string[] => t !== null);
     this.sets = lists.map((g) => new GlobSet(g));
     this.exclude = exclude.length > 0 ? picomatch(exclude, GLOB_OPTIONS) : null;
