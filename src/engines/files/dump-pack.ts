@@ -7,11 +7,10 @@
 // nothing is kept per file.
 import * as crypto from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readlinkSync, readSync, type Stats } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { AppError } from '../../errors/index.ts';
 import type { DumpInfo } from '../engine.ts';
 import { PathFilter } from './select.ts';
+import { type EncodeHeader, tarHeaders } from './tar-headers.ts';
 import { TreeDigest, type TreeLine } from './tree.ts';
 import { type WalkEntry, walkSync } from './walk-sync.ts';
 
@@ -24,26 +23,9 @@ const SMALL = 1024 * 1024;
 // than read what it points to; O_NONBLOCK: a fifo swapped in must not hang us.
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
 
-interface Header {
-  name: string;
+interface Header extends EncodeHeader {
   type: 'file' | 'directory' | 'symlink' | 'pax-header';
-  mode: number;
-  uid: number;
-  gid: number;
-  size: number;
-  mtime: Date;
-  linkname?: string;
 }
-
-// tar-stream's own header encoder, without its stream machinery (a stream
-// object and several ticks per entry), so headers are byte for byte what its
-// pack writes. The package's exports do not list the file: it is loaded by path.
-const requireHere = createRequire(import.meta.url);
-const tarHeaders = requireHere(join(dirname(requireHere.resolve('tar-stream')), 'headers.js')) as {
-  encode(h: Header): Buffer | null;
-  encodePax(h: { name: string; linkname?: string }): Buffer;
-};
-if (typeof tarHeaders.encode !== 'function' || typeof tarHeaders.encodePax !== 'function') throw new Error('tar-stream/headers.js has changed: encode and encodePax are missing');
 
 /** Node >= 20.12 hashes a buffer in one call, without a Hash object. */
 const oneShot = (crypto as { hash?: (alg: string, data: Buffer, enc: 'hex') => string }).hash;

@@ -136,7 +136,8 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // manifest recorded at dump time, where the same options kept the carried
     // paths out of the count too. Counting the carried paths would make every
     // restore of a resource with exclusions "not match" its backup.
-    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal);
+    // Only an overlay needs the entry list; a full restore keeps no per-file state.
+    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal, overlay);
     // Check before anything is visible: a mismatch leaves the target as it was.
     const diffs = compareCounts(req.expected, counts);
     if (diffs.length > 0) {
@@ -147,7 +148,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     let warnings: string[];
     if (overlay) {
       // The moved inodes are the ones counted above, so counts describe what the target now holds at the backed-up paths.
-      await overlayInto(staging, target, list);
+      await overlayInto(staging, target, list!);
       warnings = [];
     } else {
       warnings = [];
