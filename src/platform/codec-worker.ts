@@ -21,7 +21,7 @@ import { parentPort } from 'node:worker_threads';
 import binding from 'zstd-napi/binding.js';
 import type { CodecReply, CodecRequest } from './codec.ts';
 
-const { CCtx, DCtx, CParameter, EndDirective } = binding;
+const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 
 /** Output buffers are filled up to this size before they travel to the main thread. */
 const OUT_SIZE = 256 * 1024;
@@ -60,6 +60,35 @@ interface Stream {
 
 const streams = new Map<number, Stream>();
 const port = parentPort!;
+
+// Contexts and segment buffers are kept for the next stream instead of left
+// to the garbage collector: this thread allocates almost nothing on its JS
+// heap, so a collection comes rarely, and every finished stream would hold
+// its zstd context (native memory V8 does not see) and 8 MiB of buffers
+// until then.
+const KEEP = 2;
+const spareCCtx: InstanceType<typeof CCtx>[] = [];
+const spareDCtx: InstanceType<typeof DCtx>[] = [];
+const spareSegments: Buffer[] = [];
+const spareFrames: Buffer[] = [];
+const keep = <T>(list: T[], item: T | undefined) => {
+  if (item !== undefined && list.length < KEEP) list.push(item);
+};
+
+/** Input batches finished during the current request, sent back for the main thread to fill again. */
+let finishedInput: ArrayBuffer[] = [];
+function inputDone(input: Buffer): void {
+  finishedInput.push(input.buffer as ArrayBuffer);
+}
+
+function release(s: Stream): void {
+  keep(spareCCtx, s.cctx);
+  keep(spareDCtx, s.dctx);
+  keep(spareSegments, s.segment);
+  keep(spareFrames, s.frames);
+  s.cctx = s.dctx = s.segment = s.frames = undefined;
+  s.unsent = EMPTY;
+}
 
 class Output {
   readonly buffers: ArrayBuffer[] = [];
@@ -107,7 +136,7 @@ class Output {
 
 /** Compresses the filled part of the segment into one frame, hashed, waiting in `unsent`. */
 function compressSegment(s: Stream): void {
-  s.frames ??= Buffer.allocUnsafeSlow(FRAME_ROOM);
+  s.frames ??= spareFrames.pop() ?? Buffer.allocUnsafeSlow(FRAME_ROOM);
   let input = s.segment ? s.segment.subarray(0, s.segmentUsed) : EMPTY;
   let used = 0;
   for (;;) {
@@ -145,11 +174,11 @@ function compressWork(s: Stream, out: Output): number {
       if (s.segmentUsed > 0 || !s.framed) compressSegment(s);
       continue;
     }
-    s.segment ??= Buffer.allocUnsafeSlow(SEGMENT);
+    s.segment ??= spareSegments.pop() ?? Buffer.allocUnsafeSlow(SEGMENT);
     const n = input.copy(s.segment, s.segmentUsed);
     s.segmentUsed += n;
     if (n === input.length) {
-      s.queue.shift();
+      inputDone(s.queue.shift()!);
       finished++;
     } else {
       s.queue[0] = input.subarray(n);
@@ -176,7 +205,7 @@ function decompressWork(s: Stream, out: Output): number {
     // Done once the input is consumed and zstd holds no more output: the
     // call did not fill the buffer, or the frame just ended.
     if (consumed === input.length && (produced < space.length || ret === 0)) {
-      s.queue.shift();
+      inputDone(s.queue.shift()!);
       finished++;
     }
   }
@@ -187,7 +216,10 @@ function work(s: Stream, out: Output): number {
   if (s.mode === 'compress') return compressWork(s, out);
   if (s.mode === 'decompress') return decompressWork(s, out);
   const n = s.queue.length;
-  for (const input of s.queue) s.hash.update(input);
+  for (const input of s.queue) {
+    s.hash.update(input);
+    inputDone(input);
+  }
   s.queue = [];
   return n;
 }
@@ -195,11 +227,16 @@ function work(s: Stream, out: Output): number {
 function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
   const s: Stream = { mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, pending: 0, queue: [], segmentUsed: 0, unsent: EMPTY, framed: false, ending: false, closed: false };
   if (m.mode === 'compress') {
-    s.cctx = new CCtx();
+    const spare = spareCCtx.pop();
+    // A kept context starts over with default parameters, as a new one would.
+    spare?.reset(ResetDirective.sessionAndParameters);
+    s.cctx = spare ?? new CCtx();
     s.cctx.setParameter(CParameter.compressionLevel, m.level);
     s.cctx.setParameter(CParameter.checksumFlag, 1);
   } else if (m.mode === 'decompress') {
-    s.dctx = new DCtx();
+    const spare = spareDCtx.pop();
+    spare?.reset(ResetDirective.sessionAndParameters);
+    s.dctx = spare ?? new DCtx();
   }
   return s;
 }
@@ -210,7 +247,9 @@ function handle(m: CodecRequest): CodecReply | undefined {
     return undefined;
   }
   if (m.op === 'close') {
+    const s = streams.get(m.id);
     streams.delete(m.id);
+    if (s) release(s);
     return undefined;
   }
   const s = streams.get(m.id);
@@ -230,6 +269,7 @@ function handle(m: CodecRequest): CodecReply | undefined {
   const reply: CodecReply = { id: m.id, buffers: out.buffers, lengths: out.lengths, consumed, more };
   if (s.ending && !more) {
     streams.delete(m.id);
+    release(s);
     reply.end = { sha256: s.hash.digest('hex'), inBytes: s.inBytes, outBytes: s.outBytes, truncated: s.mode === 'decompress' && s.pending !== 0 };
   }
   return reply;
@@ -243,5 +283,13 @@ port.on('message', (m: CodecRequest) => {
     streams.delete(m.id);
     reply = { id: m.id, buffers: [], lengths: [], consumed: 0, more: false, error: err instanceof Error ? err.message : String(err) };
   }
-  if (reply) port.postMessage(reply, reply.buffers);
+  // Finished input goes back even with an error or no reply (after close), so none is left to the garbage collector.
+  const returned = finishedInput;
+  finishedInput = [];
+  if (reply) {
+    reply.returned = returned;
+    port.postMessage(reply, [...reply.buffers, ...returned]);
+  } else if (returned.length > 0) {
+    port.postMessage({ id: m.id, buffers: [], lengths: [], consumed: 0, more: false, returned, orphan: true } satisfies CodecReply, returned);
+  }
 });

@@ -18,6 +18,7 @@ import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { AppError } from '../errors/index.ts';
+import { noteBufferBytes } from './gc.ts';
 import { startModuleWorker } from './workers.ts';
 
 export type CodecRequest =
@@ -39,6 +40,10 @@ export interface CodecReply {
   more: boolean;
   end?: { sha256: string; inBytes: number; outBytes: number; truncated: boolean };
   error?: string;
+  /** input batches the worker is done with, handed back to be filled again */
+  returned?: ArrayBuffer[];
+  /** only returns buffers (of a stream already closed); nothing else in it */
+  orphan?: boolean;
 }
 
 const BATCH_BYTES = 512 * 1024;
@@ -81,6 +86,8 @@ abstract class CodecStream extends Transform {
   protected readonly id = nextId++;
   private readonly home: PoolWorker;
   private batch: Buffer | undefined;
+  /** batch buffers the worker handed back: refilled rather than left to the garbage collector */
+  private readonly spare: Buffer[] = [];
   private batchUsed = 0;
   private inFlight = 0;
   private outputFull = false;
@@ -120,11 +127,13 @@ abstract class CodecStream extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.counted(chunk.length);
+    // The chunk (a pipe's, a file's or another worker's buffer) is dead once copied below.
+    noteBufferBytes(chunk.length);
     if (this.destroyed) return;
     if (this.passes && !this.push(chunk)) this.outputFull = true;
     let offset = 0;
     while (offset < chunk.length) {
-      this.batch ??= Buffer.allocUnsafeSlow(BATCH_BYTES);
+      this.batch ??= this.spare.pop() ?? Buffer.allocUnsafeSlow(BATCH_BYTES);
       const n = chunk.copy(this.batch, this.batchUsed, offset);
       this.batchUsed += n;
       offset += n;
@@ -183,7 +192,8 @@ abstract class CodecStream extends Transform {
   }
 
   reply(m: CodecReply): void {
-    if (this.destroyed) return;
+    for (const b of m.returned ?? []) if (this.spare.length < MAX_IN_FLIGHT) this.spare.push(Buffer.from(b));
+    if (this.destroyed || m.orphan) return;
     if (m.error !== undefined) {
       this.close();
       this.destroy(this.workerError(m.error));
@@ -191,6 +201,7 @@ abstract class CodecStream extends Transform {
     }
     for (let i = 0; i < m.buffers.length; i++) {
       if (!this.push(Buffer.from(m.buffers[i]!, 0, m.lengths[i]))) this.outputFull = true;
+      noteBufferBytes(m.lengths[i]!);
     }
     if (m.end) {
       this.close();

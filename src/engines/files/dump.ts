@@ -34,8 +34,9 @@ import type { PathFilter } from './select.ts';
 const CREDIT_BATCHES = 4;
 /** The stream's buffer; a batch pushed past it waits for the consumer to give its credit back. */
 const HIGH_WATER = 512 * 1024;
-const MAX_IDLE = 2;
-const IDLE_MS = 30_000;
+// Idle workers kept, and for how long: each costs about 10 MiB of the server's memory (its own V8 heap).
+const MAX_IDLE = 1;
+const IDLE_MS = 5_000;
 const CANCEL_GRACE_MS = 5_000;
 /**
  * A small young generation for the worker: what it allocates per file dies at

@@ -1,0 +1,28 @@
+// Collects dead stream buffers before they pile up. Chunks that cross a
+// thread (postMessage transfers) or come from a pipe are ArrayBuffers whose
+// memory lies outside V8's heap; they die within a tick, but V8 frees them
+// only when it collects, and the threads that stream allocate so little on
+// their heap that a collection comes only when ~64 MB of such buffers have
+// accumulated (V8's external-memory trigger). Every stream then kept up to
+// 64 MB of garbage per thread, the difference between under and over the
+// server's 200 MB target.
+//
+// So whoever passes such buffers on counts their bytes here, and every
+// EVERY bytes a young-generation collection (a scavenge: well under a
+// millisecond with the bin's 2 MB semi-space) frees the dead ones. The
+// collector is exposed only by the bin's flag `--expose-gc-as=backvaultGc`;
+// without it (tests, `node bin/backvault.js`) this does nothing.
+const EVERY = 16 * 1024 * 1024;
+
+type Collect = (options: { type: 'minor' | 'major' }) => void;
+const collect = (globalThis as { backvaultGc?: Collect }).backvaultGc;
+let since = 0;
+
+/** Counts bytes of short-lived buffers this thread handled; collects the dead ones every EVERY bytes. */
+export function noteBufferBytes(bytes: number): void {
+  if (collect === undefined) return;
+  since += bytes;
+  if (since < EVERY) return;
+  since = 0;
+  collect({ type: 'minor' });
+}
