@@ -4,7 +4,7 @@
 //   npm run bench                  quick: ~120 MB of dump text, 2 repetitions
 //   npm run bench -- --full        ~1 GB, 1.2 M Redis keys, 3 repetitions
 //   options: --size-mb N --redis-keys N --reps N --work DIR --out FILE --skip-api --skip-profile --keep
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import autocannon from 'autocannon';
@@ -86,8 +86,34 @@ async function duBytes(p: string): Promise<number> {
   return Number((await sh(`du -sb ${q(p)} | cut -f1`)).stdout.trim());
 }
 
+/**
+ * Waits until the disks are quiet: sync, then until /proc/diskstats stops
+ * changing for a second (at most 2 minutes). The root file system here is
+ * ext4 mounted with `discard`: deleting a 1 GB tree or dropping a database
+ * sends its TRIMs at the next journal commit, and whatever runs then paid for
+ * them (kernel time per openat rose from ~0.1 to ~0.8 ms). Without this, the
+ * second of a pair was measured with the first one's clean-up and files
+ * ratios swung between 0.4x and 4x from one repetition to the next.
+ * Called just before every timed operation, Backvault's and the references'.
+ */
+async function settleDisk(): Promise<void> {
+  await sh('sync');
+  const deadline = Date.now() + 120_000;
+  let last = await readFile('/proc/diskstats', 'utf8');
+  let quietSince = Date.now();
+  while (Date.now() < deadline && Date.now() - quietSince < 1000) {
+    await new Promise((r) => setTimeout(r, 250));
+    const now = await readFile('/proc/diskstats', 'utf8');
+    if (now !== last) {
+      last = now;
+      quietSince = Date.now();
+    }
+  }
+}
+
 /** Runs a Backvault operation while sampling the server's memory and CPU. */
 async function measured<T extends { ms: number }>(bv: Backvault, fn: () => Promise<T>): Promise<T & { rssKb: number; rssStartKb: number; cpuS: number; load: number }> {
+  await settleDisk();
   const s = new Sampler(bv.pid);
   await s.start();
   try {
@@ -100,6 +126,7 @@ async function measured<T extends { ms: number }>(bv: Backvault, fn: () => Promi
 }
 
 async function refTimed(cmd: string, env?: Record<string, string>): Promise<OpSample> {
+  await settleDisk();
   const r = await sh(cmd, env ? { env } : {});
   return { ms: r.ms, load: await loadavg() };
 }
@@ -165,13 +192,7 @@ async function setupInstances(bv: Backvault, data: Data): Promise<void> {
 async function repetition(bv: Backvault, data: Data, dir: string, rep: number, ops: Ops): Promise<void> {
   const bvFirst = rep % 2 === 1;
   const pair = async (a: () => Promise<void>, b: () => Promise<void>) => {
-    if (bvFirst) {
-      await a();
-      await b();
-    } else {
-      await b();
-      await a();
-    }
+    for (const run of bvFirst ? [a, b] : [b, a]) await run();
   };
   const refDir = join(dir, 'ref');
   await rm(refDir, { recursive: true, force: true });

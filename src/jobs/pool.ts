@@ -3,6 +3,7 @@
 // (thrown, cancelled, interrupted) to the job kind's handler so the subject
 // row (backup, restore) never stays running.
 import { randomBytes } from 'node:crypto';
+import { settleAfterWork } from '../platform/gc.ts';
 import { AppError, publicMessage } from '../errors/index.ts';
 import type { JobKind } from '../catalog/schema.ts';
 import type { Job, JobQueue } from './queue.ts';
@@ -150,6 +151,7 @@ export class WorkerPool {
       } finally {
         clearTimeout(timer);
         this.running.delete(job.id);
+        if (this.running.size === 0) settleAfterWork();
         this.onWake();
       }
     })();

@@ -14,15 +14,33 @@
 // without it (tests, `node bin/backvault.js`) this does nothing.
 const EVERY = 16 * 1024 * 1024;
 
-type Collect = (options: { type: 'minor' | 'major' }) => void;
+/** Bytes passed on since the last full collection that make one worth it once the work is done. */
+const SETTLE_AFTER = 64 * 1024 * 1024;
+
+type Collect = (options: { type: 'minor' | 'major'; execution?: 'sync' | 'async' }) => unknown;
 const collect = (globalThis as { backvaultGc?: Collect }).backvaultGc;
 let since = 0;
+let sinceMajor = 0;
 
 /** Counts bytes of short-lived buffers this thread handled; collects the dead ones every EVERY bytes. */
 export function noteBufferBytes(bytes: number): void {
   if (collect === undefined) return;
   since += bytes;
+  sinceMajor += bytes;
   if (since < EVERY) return;
   since = 0;
   collect({ type: 'minor' });
+}
+
+/**
+ * Called when the server has no job running: after a large job, one full
+ * collection (scheduled, not run inside this call) frees what the young
+ * collections could not (buffers that lived long enough to be promoted), so
+ * the next job starts from the idle footprint instead of the last one's peak.
+ * Small jobs (less than SETTLE_AFTER of data) trigger nothing.
+ */
+export function settleAfterWork(): void {
+  if (collect === undefined || sinceMajor < SETTLE_AFTER) return;
+  sinceMajor = 0;
+  collect({ type: 'major', execution: 'async' });
 }
