@@ -26,7 +26,7 @@
 //                 node_modules reachable from it), measured too, in turn, rows
 //                 marked [baseline].
 import { spawn } from 'node:child_process';
-import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, openSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -37,6 +37,7 @@ import { parseArgs } from 'node:util';
 import binding from 'zstd-napi/binding.js';
 import type { Compression } from '../src/domain/types.ts';
 import { compressForStorage, verifyAndDecompress } from '../src/platform/streams.ts';
+import { childCpu, mainThreadCpu } from './lib/cpu.ts';
 import { writeTables } from './lib/tables.ts';
 
 const { values: opts } = parseArgs({
@@ -61,22 +62,6 @@ const log = (s: string) => console.error(`[${new Date().toISOString().slice(11, 
 const work = opts.work ?? (await mkdtemp(join(tmpdir(), 'bv-codec-')));
 await mkdir(work, { recursive: true });
 
-/** Clock ticks per second for /proc/self/stat (100 on every Linux we run on). */
-const TICK = 100;
-/** CPU seconds of waited-for children (cutime + cstime of /proc/self/stat). */
-function childCpu(): number {
-  const stat = readFileSync('/proc/self/stat', 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // fields 16 and 17 of stat; f[0] is field 3
-  return (Number(f[13]) + Number(f[14])) / TICK;
-}
-
-/** CPU seconds of the main thread (the event loop) alone. */
-function mainThreadCpu(): number {
-  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICK;
-}
 
 function selfCpu(): number {
   const u = process.cpuUsage();

@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import type { ObjectCounts } from '../src/domain/types.ts';
 import type { Engine } from '../src/engines/engine.ts';
 import { compressor, decompressor } from '../src/platform/streams.ts';
+import { mainThreadCpu } from './lib/cpu.ts';
 import { writeTree } from './lib/datasets.ts';
 import { q, sh } from './lib/sh.ts';
 
@@ -60,15 +61,8 @@ const push = (k: string, s: Sample): void => {
   (samples[k] ??= []).push(s);
 };
 
-/** The main thread's CPU time in ms (Linux: its task's utime + stime, in clock ticks of 10 ms), or NaN. */
-function mainThreadCpuMs(): number {
-  try {
-    const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return NaN;
-  }
-}
+/** The main thread's CPU time in ms. */
+const mainThreadCpuMs = (): number => mainThreadCpu() * 1000;
 
 /** Wall and this process's CPU time (user + system; all threads, and the main thread alone) of fn. */
 async function timed(fn: () => Promise<unknown>): Promise<Sample> {

@@ -14,7 +14,7 @@
 //   --reuse: keep using database bench_myeng if it exists (skip generating);
 //   --keep:  leave bench_myeng in place at the end (for a later --reuse);
 //   --backup-only: skip the restores.
-import { createReadStream, createWriteStream, readFileSync, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ import { ByteCounter, compressForStorage } from '../src/platform/streams.ts';
 import type { ObjectCounts } from '../src/domain/types.ts';
 import { dropMy, loadMy } from './lib/datasets.ts';
 import { MY, MY_URL, q, sh } from './lib/sh.ts';
+import { childCpu, mainThreadCpu } from './lib/cpu.ts';
 import { writeTables } from './lib/tables.ts';
 
 const { values: opts } = parseArgs({
@@ -45,21 +46,6 @@ const signal = new AbortController().signal;
 const work = await mkdtemp(join(tmpdir(), 'bv-myeng-'));
 const log = (s: string) => console.error(`[${new Date().toISOString().slice(11, 19)}] ${s}`);
 
-const TICK = Number((await sh('getconf CLK_TCK')).stdout.trim()) || 100;
-/** CPU seconds of waited-for children (cutime + cstime of /proc/self/stat). */
-function childCpu(): number {
-  const stat = readFileSync('/proc/self/stat', 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // fields 16 and 17 of stat; f[0] is field 3
-  return (Number(f[13]) + Number(f[14])) / TICK;
-}
-
-/** CPU seconds of this process's main thread (its task is the process id). */
-function mainThreadCpu(): number {
-  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICK;
-}
 
 interface Sample {
   wall: number;
