@@ -1,7 +1,7 @@
 // Several destinations: one dump goes to every storage at once, each copy has
 // a status, reads fall back to a good copy, retention can differ per
 // destination, and a destination that fails does not fail the backup.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, rename, writeFile, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -23,7 +23,8 @@ function rowCount(path: string): number {
   return n;
 }
 
-test('two destinations: both get every backup; a damaged copy gives way to the other; delete removes both', async (t) => {
+/** A server with a second destination "offsite" and one successful backup of a SQLite database of `rows` rows, in both. */
+async function backedUpTwice(t: TestContext, rows: number) {
   const work = await tempDir();
   const second = join(work.path, 'offsite');
   const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
@@ -31,12 +32,16 @@ test('two destinations: both get every backup; a damaged copy gives way to the o
     await server.close();
     await work.cleanup();
   });
-  const dbPath = join(work.path, 'app.db');
-  makeDb(dbPath, 120);
+  makeDb(join(work.path, 'app.db'), rows);
   await server.api('POST', '/api/v1/instances', { name: 'app' });
-  await server.api('POST', '/api/v1/instances/app/resources', { name: 'db', type: 'sqlite', connection: dbPath });
+  await server.api('POST', '/api/v1/instances/app/resources', { name: 'db', type: 'sqlite', connection: join(work.path, 'app.db') });
   const b = await waitFor(server.api, `/api/v1/backups/${(await server.api('POST', '/api/v1/instances/app/backups', { type: 'full' })).body.id}`);
   assert.equal(b.status, 'success', b.status_info);
+  return { work, second, server, b };
+}
+
+test('two destinations: both get every backup; a damaged copy gives way to the other; delete removes both', async (t) => {
+  const { work, second, server, b } = await backedUpTwice(t, 120);
   assert.deepEqual(
     b.copies.map((c: any) => [c.destination, c.status]),
     [
@@ -78,19 +83,7 @@ test('two destinations: both get every backup; a damaged copy gives way to the o
 });
 
 test('a copy that cannot be read this time (a storage failure, not damage) is passed over but not marked bad', async (t) => {
-  const work = await tempDir();
-  const second = join(work.path, 'offsite');
-  const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
-  t.after(async () => {
-    await server.close();
-    await work.cleanup();
-  });
-  const dbPath = join(work.path, 'app.db');
-  makeDb(dbPath, 50);
-  await server.api('POST', '/api/v1/instances', { name: 'app' });
-  await server.api('POST', '/api/v1/instances/app/resources', { name: 'db', type: 'sqlite', connection: dbPath });
-  const b = await waitFor(server.api, `/api/v1/backups/${(await server.api('POST', '/api/v1/instances/app/backups', { type: 'full' })).body.id}`);
-  assert.equal(b.status, 'success', b.status_info);
+  const { work, second, server, b } = await backedUpTwice(t, 50);
   const primaryArtifact = join(server.dir, 'storage', 'backups', b.id, 'resources', 'db', 'database.sqlite.zst');
   const saved = join(work.path, 'saved.zst');
   await rename(primaryArtifact, saved);

@@ -172,32 +172,18 @@ export class DumpScanner {
             }
             continue;
           }
-          // The bulk of a dump is string data: jump from quote to quote
-          // (memchr); a quote ends the string unless an odd run of
-          // backslashes right before it escapes it. Every byte between i and
-          // the quote is inside the string, so the run is counted back to i
-          // at most, where no escape is pending.
+          // The bulk of a dump is string data (skipString); an escape left
+          // pending by the previous chunk is consumed first.
           if (this.escaped) {
             if (i >= len) continue;
             this.escaped = false;
             i++;
           }
-          for (;;) {
-            const at = buf.indexOf(q, i);
-            const stop = at === -1 ? len : at;
-            let k = stop;
-            if (backslashes) while (k > i && buf[k - 1] === 0x5c) k--;
-            const odd = ((stop - k) & 1) === 1;
-            if (at === -1) {
-              i = len;
-              this.escaped = odd;
-              break;
-            }
-            i = at + 1;
-            if (!odd) {
-              this.state = CODE;
-              break;
-            }
+          const end = this.skipString(buf, i, q, backslashes);
+          if (end === -1) i = len;
+          else {
+            i = end;
+            this.state = CODE;
           }
           continue;
         }
@@ -370,30 +356,14 @@ export class DumpScanner {
       if (c === delimFirst) break;
       if (c === 0x27 || c === 0x22) {
         // A string: jump from quote to quote (see the QUOTE state).
-        i++;
-        let open = true;
-        for (;;) {
-          const at = buf.indexOf(c, i);
-          const stop = at === -1 ? len : at;
-          let k = stop;
-          while (k > i && buf[k - 1] === 0x5c) k--;
-          const odd = ((stop - k) & 1) === 1;
-          if (at === -1) {
-            i = len;
-            this.escaped = odd;
-            break;
-          }
-          i = at + 1;
-          if (!odd) {
-            open = false;
-            break;
-          }
-        }
-        if (open) {
+        const end = this.skipString(buf, i + 1, c, true);
+        if (end === -1) {
+          i = len;
           this.state = QUOTE;
           this.quoteChar = c;
           break;
         }
+        i = end;
         continue;
       }
       if (c === 0x28) {
@@ -412,6 +382,31 @@ export class DumpScanner {
     this.depth = depth;
     this.tuples = tuples;
     return i;
+  }
+
+  /**
+   * Jumps from quote to quote (memchr) through a string that starts at i
+   * with no escape pending: a quote ends it unless an odd run of backslashes
+   * right before it escapes it (every byte between i and the quote is inside
+   * the string, so the run is counted back to i at most). Returns the index
+   * after the closing quote, or -1 when the buffer ends inside the string,
+   * with `escaped` set when its last byte escapes the next one.
+   */
+  private skipString(buf: Buffer, i: number, q: number, backslashes: boolean): number {
+    const len = buf.length;
+    for (;;) {
+      const at = buf.indexOf(q, i);
+      const stop = at === -1 ? len : at;
+      let k = stop;
+      if (backslashes) while (k > i && buf[k - 1] === 0x5c) k--;
+      const odd = ((stop - k) & 1) === 1;
+      if (at === -1) {
+        this.escaped = odd;
+        return -1;
+      }
+      i = at + 1;
+      if (!odd) return i;
+    }
   }
 
   private addCode(c: number): void {
