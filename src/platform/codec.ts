@@ -47,7 +47,8 @@ export interface CodecReply {
 }
 
 const BATCH_BYTES = 512 * 1024;
-const MAX_IN_FLIGHT = 4;
+/** Batches of a stream in the worker at once: 4 MiB, a whole segment queued while the previous one compresses. */
+const MAX_IN_FLIGHT = 8;
 
 interface PoolWorker {
   worker: Worker;

@@ -8,22 +8,26 @@ const calls: unknown[] = [];
 const { noteBufferBytes, settleAfterWork } = await import('./gc.ts');
 const MiB = 1024 * 1024;
 
-test('a minor collection after every 16 MiB of noted buffers, none before', () => {
+test('a minor collection after every 4 MiB of noted buffers, none before', () => {
   calls.length = 0;
-  for (let i = 0; i < 15; i++) noteBufferBytes(MiB);
+  for (let i = 0; i < 15; i++) noteBufferBytes(256 * 1024);
   assert.equal(calls.length, 0);
-  noteBufferBytes(MiB);
+  noteBufferBytes(256 * 1024);
   assert.deepEqual(calls, [{ type: 'minor' }]);
   for (let i = 0; i < 64; i++) noteBufferBytes(256 * 1024);
-  assert.equal(calls.length, 2);
+  assert.equal(calls.length, 5);
 });
 
 test('after work: one full collection once 64 MiB passed since the last, none after small jobs', () => {
-  // The test above noted 32 MiB.
+  // The test above noted 20 MiB.
   calls.length = 0;
   settleAfterWork();
   assert.deepEqual(calls, []);
-  for (let i = 0; i < 32; i++) noteBufferBytes(MiB);
+  for (let i = 0; i < 43; i++) noteBufferBytes(MiB);
+  calls.length = 0;
+  settleAfterWork();
+  assert.deepEqual(calls, [], '63 MiB is not enough');
+  noteBufferBytes(MiB);
   calls.length = 0;
   settleAfterWork();
   assert.deepEqual(calls, [{ type: 'major', execution: 'async' }]);

@@ -12,7 +12,14 @@
 // millisecond with the bin's 2 MB semi-space) frees the dead ones. The
 // collector is exposed only by the bin's flag `--expose-gc-as=backvaultGc`;
 // without it (tests, `node bin/backvault.js`) this does nothing.
-const EVERY = 16 * 1024 * 1024;
+//
+// Why 4 MiB: V8 also counts external memory allocated since the last full
+// collection against the old generation's limit, and over a heap as small as
+// the main thread's (~10 MB) that limit leaves only ~8-10 MB of room. With a
+// scavenge every 16 MiB, each interval ended in a full mark-compact (16-19
+// per 217 MB of MariaDB dump); at 4 MiB, 4-5, and the main thread's CPU fell
+// ~10% (bench/mysql-engine.ts, which counts the collections).
+const EVERY = 4 * 1024 * 1024;
 
 /** Bytes passed on since the last full collection that make one worth it once the work is done. */
 const SETTLE_AFTER = 64 * 1024 * 1024;

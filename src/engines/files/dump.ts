@@ -30,8 +30,12 @@ import type { DumpSpec } from './dump-pack.ts';
 import { CANCEL, CELLS, CREDIT, type DumpReply, type DumpRequest } from './dump-protocol.ts';
 import type { PathFilter } from './select.ts';
 
-/** Batches (dump-pack.ts BATCH, 256 KiB) a worker may send before the stream takes them. */
-const CREDIT_BATCHES = 4;
+/**
+ * Batches (dump-pack.ts BATCH, 256 KiB) a worker may send before the stream
+ * takes them: 2 MiB, so the dump goes on while the codec compresses a
+ * 4 MiB segment instead of taking turns with it.
+ */
+const CREDIT_BATCHES = 8;
 /** The stream's buffer; a batch pushed past it waits for the consumer to give its credit back. */
 const HIGH_WATER = 512 * 1024;
 // Idle workers kept, and for how long: each costs about 10 MiB of the server's memory (its own V8 heap).
