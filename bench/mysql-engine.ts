@@ -9,7 +9,12 @@
 // wall, CPU of this process (all threads: what the engine costs the server's
 // process), of its main thread alone (the event loop; the rest is codec
 // workers and libuv's pool) and of its children (the tools); median of the
-// runs, the order alternating between engine and reference.
+// runs, the order alternating between engine and reference. Also the main
+// thread's garbage collections (minor = scavenges, major = mark-compacts,
+// with their pause time) per measurement: a major one every ~10 MB of dump
+// means dead pipe buffers pile up between scavenges (see src/platform/gc.ts).
+// Run with the bin's flags to see what the server sees:
+//   node --max-semi-space-size=2 --expose-gc-as=backvaultGc --import tsx bench/mysql-engine.ts ...
 // Usage: node --import tsx bench/mysql-engine.ts [--size-mb 100] [--runs 3] [--reuse] [--keep] [--backup-only]
 //   --reuse: keep using database bench_myeng if it exists (skip generating);
 //   --keep:  leave bench_myeng in place at the end (for a later --reuse);
@@ -18,6 +23,8 @@ import { createReadStream, createWriteStream, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { mysqlEngine } from '../src/engines/mysql/index.ts';
@@ -52,9 +59,25 @@ interface Sample {
   cpu: number;
   mainCpu: number;
   childCpu: number;
+  /** main-thread collections during the measurement: scavenges, mark-compacts, and the ms of all gc pauses (incremental-marking ones too) */
+  minorGcs: number;
+  majorGcs: number;
+  gcMs: number;
 }
 
+/** This (main) thread's collections so far, from perf_hooks' gc entries. */
+const gcSeen = { minor: 0, major: 0, ms: 0 };
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    const kind = (e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind;
+    if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) gcSeen.minor++;
+    else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) gcSeen.major++;
+    gcSeen.ms += e.duration;
+  }
+}).observe({ entryTypes: ['gc'] });
+
 async function timed(fn: () => Promise<unknown>): Promise<Sample> {
+  const g0 = { ...gcSeen };
   const c0 = process.cpuUsage();
   const k0 = childCpu();
   const m0 = mainThreadCpu();
@@ -62,7 +85,11 @@ async function timed(fn: () => Promise<unknown>): Promise<Sample> {
   await fn();
   const wall = (performance.now() - t0) / 1000;
   const c = process.cpuUsage(c0);
-  return { wall, cpu: (c.user + c.system) / 1e6, mainCpu: mainThreadCpu() - m0, childCpu: childCpu() - k0 };
+  const mainCpu = mainThreadCpu() - m0;
+  const children = childCpu() - k0;
+  // gc entries reach the observer a little after the collection.
+  await sleep(50);
+  return { wall, cpu: (c.user + c.system) / 1e6, mainCpu, childCpu: children, minorGcs: gcSeen.minor - g0.minor, majorGcs: gcSeen.major - g0.major, gcMs: gcSeen.ms - g0.ms };
 }
 
 async function exists(db: string): Promise<boolean> {
@@ -137,17 +164,17 @@ try {
       const s = await timed(m.run);
       await m.after?.();
       samples[key]!.push(s);
-      log(`run ${r + 1}: ${key} ${s.wall.toFixed(2)} s wall, ${s.cpu.toFixed(2)} s cpu (main thread ${s.mainCpu.toFixed(2)} s), ${s.childCpu.toFixed(2)} s children`);
+      log(`run ${r + 1}: ${key} ${s.wall.toFixed(2)} s wall, ${s.cpu.toFixed(2)} s cpu (main thread ${s.mainCpu.toFixed(2)} s; gc ${s.minorGcs} minor, ${s.majorGcs} major, ${s.gcMs.toFixed(0)} ms), ${s.childCpu.toFixed(2)} s children`);
     }
   }
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const m = (k: string, f: keyof Sample) => median(samples[k]!.map((s) => s[f]));
   console.log(`\nmysql engine, ${(statSync(bvFile).size / 1e6).toFixed(1)} MB dump, rows ${JSON.stringify(counts.tables)}, median of ${runs}; load average (1 min) at each run: ${loads.map((x) => x.toFixed(1)).join(', ')}\n`);
-  console.log('| measurement | wall | this process CPU (all threads) | of which main thread | children CPU | runs (wall) |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
+  console.log('| measurement | wall | this process CPU (all threads) | of which main thread | main-thread GC: minor, major, pause | children CPU | runs (wall) |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const [k, def] of Object.entries(measurements)) {
     if (samples[k]!.length === 0) continue;
-    console.log(`| ${def.label} | ${m(k, 'wall').toFixed(2)} s | ${m(k, 'cpu').toFixed(2)} s | ${m(k, 'mainCpu').toFixed(2)} s | ${m(k, 'childCpu').toFixed(2)} s | ${samples[k]!.map((s) => s.wall.toFixed(2)).join(', ')} |`);
+    console.log(`| ${def.label} | ${m(k, 'wall').toFixed(2)} s | ${m(k, 'cpu').toFixed(2)} s | ${m(k, 'mainCpu').toFixed(2)} s | ${m(k, 'minorGcs')}, ${m(k, 'majorGcs')}, ${m(k, 'gcMs').toFixed(0)} ms | ${m(k, 'childCpu').toFixed(2)} s | ${samples[k]!.map((s) => s.wall.toFixed(2)).join(', ')} |`);
   }
   const ratio = (a: string, b: string) => (m(a, 'wall') / m(b, 'wall')).toFixed(2);
   const cpuRatio = (a: string, b: string) => ((m(a, 'cpu') + m(a, 'childCpu')) / (m(b, 'cpu') + m(b, 'childCpu'))).toFixed(2);
