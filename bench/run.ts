@@ -94,11 +94,12 @@ async function duBytes(p: string): Promise<number> {
  * them (kernel time per openat rose from ~0.1 to ~0.8 ms). Without this, the
  * second of a pair was measured with the first one's clean-up and files
  * ratios swung between 0.4x and 4x from one repetition to the next.
- * Called just before every timed operation, Backvault's and the references'.
+ * Then empties the page cache (dropPageCache). Called just before every
+ * timed operation, Backvault's and the references'.
  */
-async function settleDisk(opts: { cold?: boolean } = {}): Promise<void> {
+async function settleDisk(): Promise<void> {
   await sh('sync');
-  if (opts.cold) await dropPageCache();
+  await dropPageCache();
   const deadline = Date.now() + 120_000;
   let last = await readFile('/proc/diskstats', 'utf8');
   let quietSince = Date.now();
@@ -113,12 +114,14 @@ async function settleDisk(opts: { cold?: boolean } = {}): Promise<void> {
 }
 
 /**
- * Empties the kernel's page cache (root only; the bench refuses to run a
- * files pair without it). Files operations are measured cold, on both sides:
- * with a warm cache the first reader of a pair read the tree from disk and the
- * second from memory, and the second restore of a pair paid for reclaiming the
+ * Empties the kernel's page cache (root only: the bench refuses to run
+ * without it), so every operation starts cold, on both sides. With a warm
+ * cache the first reader of a pair read the tree from disk and the second
+ * from memory, and the second restore of a pair paid for reclaiming the
  * first one's pages in kernel time (the same restore took 13 s of CPU first
- * and 37 s second). A backup service reads cold data in practice anyway.
+ * and 37 s second). Dropping it before the files operations only made the
+ * next database operation the cold one instead. A backup service reads cold
+ * data in practice anyway.
  */
 async function dropPageCache(): Promise<void> {
   await writeFile('/proc/sys/vm/drop_caches', '3\n').catch((e: Error) => {
@@ -127,8 +130,8 @@ async function dropPageCache(): Promise<void> {
 }
 
 /** Runs a Backvault operation while sampling the server's memory and CPU. */
-async function measured<T extends { ms: number }>(bv: Backvault, fn: () => Promise<T>, opts: { cold?: boolean } = {}): Promise<T & { rssKb: number; rssStartKb: number; cpuS: number; load: number }> {
-  await settleDisk(opts);
+async function measured<T extends { ms: number }>(bv: Backvault, fn: () => Promise<T>): Promise<T & { rssKb: number; rssStartKb: number; cpuS: number; load: number }> {
+  await settleDisk();
   const s = new Sampler(bv.pid);
   await s.start();
   try {
@@ -140,8 +143,8 @@ async function measured<T extends { ms: number }>(bv: Backvault, fn: () => Promi
   }
 }
 
-async function refTimed(cmd: string, opts: { env?: Record<string, string>; cold?: boolean } = {}): Promise<OpSample> {
-  await settleDisk(opts);
+async function refTimed(cmd: string, opts: { env?: Record<string, string> } = {}): Promise<OpSample> {
+  await settleDisk();
   const r = await sh(cmd, opts.env ? { env: opts.env } : {});
   return { ms: r.ms, load: await loadavg() };
 }
@@ -316,17 +319,16 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
     await sh('redis-cli -n 8 FLUSHDB');
   }
 
-  // Files backup and restore, each side from a cold page cache (dropPageCache)
-  const COLD = { cold: true };
+  // Files backup and restore
   const tarRef = join(refDir, 'files.tar.zst');
   await pair(
     async () => {
-      const r = await measured(bv, () => bv.backup('www'), COLD);
+      const r = await measured(bv, () => bv.backup('www'));
       ids.www = r.doc.id;
       push(ops, 'files_backup', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, bytes: r.doc.size, load: r.load });
     },
     async () => {
-      const r = await refTimed(`tar -cf - -C ${q(data.treeDir)} . | zstd -3 -q > ${q(tarRef)}`, COLD);
+      const r = await refTimed(`tar -cf - -C ${q(data.treeDir)} . | zstd -3 -q > ${q(tarRef)}`);
       push(ops, 'files_backup', 'reference', { ...r, bytes: await fileSize(tarRef) });
     },
   );
@@ -334,14 +336,14 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
     async () => {
       const target = join(dir, 'restore-bv');
       await rm(target, { recursive: true, force: true });
-      const r = await measured(bv, () => bv.restore('www', ids.www!, { site: { connection: target } }), COLD);
+      const r = await measured(bv, () => bv.restore('www', ids.www!, { site: { connection: target } }));
       push(ops, 'files_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load });
       await rm(target, { recursive: true, force: true });
     },
     async () => {
       const target = join(dir, 'restore-ref');
       await rm(target, { recursive: true, force: true });
-      const r = await refTimed(`mkdir -p ${q(target)} && zstd -dq < ${q(tarRef)} | tar -xf - -C ${q(target)}`, COLD);
+      const r = await refTimed(`mkdir -p ${q(target)} && zstd -dq < ${q(tarRef)} | tar -xf - -C ${q(target)}`);
       push(ops, 'files_restore', 'reference', r);
       // Backvault's restore ends with the files on disk (one syncfs before the swap); tar's leaves them to writeback.
       const synced = await sh(`sync -f ${q(target)}`);
@@ -418,8 +420,8 @@ async function profileRun(data: Data, dir: string): Promise<ServerProfile> {
   const bv = new Backvault(join(dir, 'backvault-prof'), { cpuProfDir: profDir });
   await bv.start();
   const windows: { label: string; startUs: number; endUs: number }[] = [];
-  const win = async <T>(label: string, fn: () => Promise<T>, opts: { cold?: boolean } = {}): Promise<T> => {
-    await settleDisk(opts);
+  const win = async <T>(label: string, fn: () => Promise<T>): Promise<T> => {
+    await settleDisk();
     const startUs = monoUs();
     const r = await fn();
     windows.push({ label, startUs, endUs: monoUs() });
@@ -439,10 +441,10 @@ async function profileRun(data: Data, dir: string): Promise<ServerProfile> {
     await sh('redis-cli -n 8 FLUSHDB');
     await win('redis_restore', () => bv.restore('kv', kv.doc.id, { cache: { connection: 'redis://127.0.0.1:6379/8' } }));
     await sh('redis-cli -n 8 FLUSHDB');
-    const www = await win('files_backup', () => bv.backup('www'), { cold: true });
+    const www = await win('files_backup', () => bv.backup('www'));
     const target = join(dir, 'restore-prof');
     await rm(target, { recursive: true, force: true });
-    await win('files_restore', () => bv.restore('www', www.doc.id, { site: { connection: target } }), { cold: true });
+    await win('files_restore', () => bv.restore('www', www.doc.id, { site: { connection: target } }));
     await rm(target, { recursive: true, force: true });
   } finally {
     await bv.stop();

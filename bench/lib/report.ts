@@ -315,7 +315,7 @@ export async function writeReport(path: string, r: Results): Promise<void> {
     L.push(
       '## Where the server spends its time (CPU profile)',
       '',
-      `A separate server under \`node --cpu-prof\` ran each operation once on the ${large.mb} MB data (files operations from a cold page cache); the profile of each thread is cut into one window per operation. ` +
+      `A separate server under \`node --cpu-prof\` ran each operation once on the ${large.mb} MB data, each from a cold page cache; the profile of each thread is cut into one window per operation. ` +
         '"Busy" is the share of wall time the main thread (the event loop) was not idle.',
       '',
       ...profileSection(large.profile.main),
