@@ -60,3 +60,12 @@ it('packs every file of the window, in walk order, and leaves no descriptor open
   const expected = [0, 1, 2, 3].flatMap((d) => [`d${d}/`, ...Array.from({ length: 60 }, (_, i) => `d${d}/f${i}`).sort()]);
   assert.deepEqual(names, expected);
 });
+
+it('keeps the files ahead of the one being packed open, so their reads are already under way', { skip: process.platform !== 'linux' }, () => {
+  const before = openFds();
+  let most = 0;
+  const sink: BatchSink = { check() {}, send: () => void (most = Math.max(most, openFds() - before)) };
+  packTree(spec(), sink);
+  // Without the read-ahead window only the file being read is open.
+  assert.ok(most >= 16, `at most ${most} descriptors open while packing`);
+});
