@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import autocannon from 'autocannon';
 import { Backvault, Sampler } from './lib/server.ts';
+import { awaitDeletionsAged, removeTree } from './lib/deleted-inodes.ts';
 import { MY, MY_URL, PG, PG_URL, q, sh } from './lib/sh.ts';
 import { dropMy, dropPg, loadMy, loadPg, loadRedis, writeTree, type RedisStats, type TreeStats } from './lib/datasets.ts';
 import { writeTables, type TableFile } from './lib/tables.ts';
@@ -332,23 +333,28 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
       push(ops, 'files_backup', 'reference', { ...r, bytes: await fileSize(tarRef) });
     },
   );
+  // Each restore writes a fresh directory under restored/, kept until the
+  // bench ends: removing a tree between the two sides made the second one
+  // create its files among just-freed inodes, which costs ext4 (without a
+  // journal) several times the kernel time (lib/deleted-inodes.ts). The
+  // guard waits only if a tree was removed within that window all the same.
+  const restored = join(dir, 'restored');
+  await mkdir(restored, { recursive: true });
   await pair(
     async () => {
-      const target = join(dir, 'restore-bv');
-      await rm(target, { recursive: true, force: true });
+      const target = join(restored, `backvault-${rep}`);
+      await awaitDeletionsAged();
       const r = await measured(bv, () => bv.restore('www', ids.www!, { site: { connection: target } }));
       push(ops, 'files_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load });
-      await rm(target, { recursive: true, force: true });
     },
     async () => {
-      const target = join(dir, 'restore-ref');
-      await rm(target, { recursive: true, force: true });
+      const target = join(restored, `reference-${rep}`);
+      await awaitDeletionsAged();
       const r = await refTimed(`mkdir -p ${q(target)} && zstd -dq < ${q(tarRef)} | tar -xf - -C ${q(target)}`);
       push(ops, 'files_restore', 'reference', r);
       // Backvault's restore ends with the files on disk (one syncfs before the swap); tar's leaves them to writeback.
       const synced = await sh(`sync -f ${q(target)}`);
       push(ops, 'files_restore', FILES_REF_SYNCED, { ms: r.ms + synced.ms, load: r.load });
-      await rm(target, { recursive: true, force: true });
     },
   );
 
@@ -442,10 +448,8 @@ async function profileRun(data: Data, dir: string): Promise<ServerProfile> {
     await win('redis_restore', () => bv.restore('kv', kv.doc.id, { cache: { connection: 'redis://127.0.0.1:6379/8' } }));
     await sh('redis-cli -n 8 FLUSHDB');
     const www = await win('files_backup', () => bv.backup('www'));
-    const target = join(dir, 'restore-prof');
-    await rm(target, { recursive: true, force: true });
-    await win('files_restore', () => bv.restore('www', www.doc.id, { site: { connection: target } }));
-    await rm(target, { recursive: true, force: true });
+    await awaitDeletionsAged();
+    await win('files_restore', () => bv.restore('www', www.doc.id, { site: { connection: join(dir, 'restored', 'profile') } }));
   } finally {
     await bv.stop();
   }
@@ -582,7 +586,7 @@ async function main(): Promise<void> {
     await dropMy(MYDB).catch(() => {});
     await sh('redis-cli -n 9 FLUSHDB; redis-cli -n 8 FLUSHDB').catch(() => {});
     // After a failure the work dir stays: the servers' logs are there.
-    if (!opt.keep && !failed) await rm(opt.work, { recursive: true, force: true });
+    if (!opt.keep && !failed) await removeTree(opt.work);
     if (failed) log(`failed; server logs are under ${opt.work}`);
   }
 }

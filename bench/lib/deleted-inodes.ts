@@ -1,0 +1,41 @@
+// Keeps a mass removal from being measured into the next file-creating
+// operation.
+//
+// On ext4 without a journal (this machine's root file system), allocating an
+// inode skips every free inode of the group whose inode-table block is in the
+// buffer cache and says it was deleted recently: within 60 s, or 360 s while
+// that block is dirty (fs/ext4/ialloc.c, recently_deleted(): RECENTCY_MIN 60
+// plus RECENTCY_DIRTY 300), and a block is dirty again as soon as a new inode
+// in it is written. It checks the candidates one at a time, so after a tree
+// of tens of thousands of files was removed, each file created scans much of
+// its group: `perf record -a` of a files restore 130 s after such a removal
+// showed 20% of all samples (about 40% of the restore's CPU) in
+// find_inode_bit/recently_deleted, and the same restore took 9.3 s of wall
+// and 6.8 s of system time there against 3.4-3.7 s and 1.4-1.5 s without a
+// removal in the minutes before (measured ad hoc with the engine alone on a
+// 500 MB tree of 47k files). The cost falls on whichever side of a pair runs
+// after a removal, not on either tool, so the benches keep removals away from
+// file-creating measurements: every restore writes a fresh directory, trees
+// are removed at the end, and before each files restore this guard waits out
+// the window after any tree that was removed all the same.
+import { rm } from 'node:fs/promises';
+import { sh } from './sh.ts';
+
+/** ext4's longest window (60 s + 300 s while the inode-table block is dirty), and a margin. */
+export const RECENT_DELETE_MS = 370_000;
+
+let lastRemovalAt = 0;
+
+/** Removes a tree (if it is there) and notes when, for awaitDeletionsAged. */
+export async function removeTree(path: string): Promise<void> {
+  await rm(path, { recursive: true, force: true });
+  lastRemovalAt = Date.now();
+}
+
+/** Syncs, then waits until the last removeTree is older than ext4's recently-deleted window; returns the ms waited. */
+export async function awaitDeletionsAged(): Promise<number> {
+  await sh('sync');
+  const wait = Math.max(0, lastRemovalAt + RECENT_DELETE_MS - Date.now());
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  return wait;
+}
