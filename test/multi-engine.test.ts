@@ -102,6 +102,15 @@ test('postgres + redis + files: one backup, one manifest, full and selective res
   const ttl = await redis.ttl('session:2');
   assert.ok(ttl > 3500 && ttl <= 3600, `TTL kept: ${ttl}`);
   assert.equal((await readFile(join(files, 'avatar.png'))).length, 4096);
+  // Each resource's result says where its time went, step by step, in the order the steps ran.
+  const phases = Object.fromEntries(done.result.resources.map((r: any) => [r.name, r.phases]));
+  assert.deepEqual(Object.keys(phases.db), ['spool', 'create_staging', 'pg_restore', 'count', 'swap']);
+  assert.deepEqual(Object.keys(phases.cache), ['spool', 'write', 'count']);
+  assert.deepEqual(Object.keys(phases.uploads), ['extract', 'sync', 'swap']);
+  for (const [name, p] of Object.entries(phases) as [string, Record<string, number>][]) {
+    for (const [step, ms] of Object.entries(p)) assert.ok(Number.isInteger(ms) && ms >= 0, `${name}.${step}: ${ms}`);
+  }
+  assert.ok(phases.db.pg_restore > 0, 'pg_restore takes measurable time');
 
   // Only the cache: the database keeps its new rows.
   await pgQuery(db, `INSERT INTO accounts (owner, balance) VALUES ('new', 1)`);

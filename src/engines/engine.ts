@@ -3,6 +3,7 @@
 // hashing and storage are the caller's business, not the engine's.
 import type { Readable } from 'node:stream';
 import type { ObjectCounts, ObjectInfo, ResourceSpec, ResourceType } from '../domain/types.ts';
+import type { Phases } from '../platform/phases.ts';
 
 export interface DumpRequest {
   resource: ResourceSpec;
@@ -72,6 +73,8 @@ export interface RestoreReport {
   /** what the target holds after the restore, counted the same way as at dump time */
   counts: ObjectCounts;
   warnings: string[];
+  /** wall time of the engine's steps in ms (e.g. spool, load, count, swap), in the order they ran */
+  phases?: Phases;
 }
 
 export interface ScratchTarget {

@@ -13,6 +13,7 @@ import { compareCounts } from '../domain/counts.ts';
 import { maskConnection } from '../domain/mask.ts';
 import { verifyAndDecompress } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
+import type { Phases } from '../platform/phases.ts';
 import { workPath } from '../config/index.ts';
 import { restoreView, type RestoreTarget, type RestoreView } from './views.ts';
 import { getInstanceRow, isInstanceBusy, listResourceRows, resourceSpec } from './instances.ts';
@@ -196,6 +197,8 @@ interface ResourceResult {
   actual: unknown;
   differences: string[];
   warnings: string[];
+  /** wall time of the engine's steps in ms (spool, load, count, swap, …), to see where a restore's time went */
+  phases?: Phases;
   error?: string;
 }
 
@@ -244,6 +247,10 @@ export async function runRestore(ctx: ServiceContext, job: Job, signal: AbortSig
         );
         result.actual = report.counts;
         result.warnings = [...copyWarnings, ...report.warnings];
+        if (report.phases) {
+          result.phases = report.phases;
+          ctx.log.info({ restore: row.id, resource: entry.name, phases: report.phases }, 'resource restored');
+        }
         result.differences = compareCounts(entry.counts, report.counts);
         result.ok = result.differences.length === 0;
       } catch (err) {

@@ -7,6 +7,7 @@ import { compareCounts } from '../../domain/counts.ts';
 import type { ObjectInfo, ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
 import { tempPathBeside } from '../../platform/fs.ts';
+import { PhaseTimer } from '../../platform/phases.ts';
 import type { DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
 import { Carrier, planCarry } from './carry.ts';
 import { dumpTree } from './dump.ts';
@@ -128,6 +129,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const tag = randomBytes(6).toString('hex');
   const staging = mountPoint ? join(target, `.backvault-restore-${tag}`) : tempPathBeside(target);
   await mkdir(staging, { mode: 0o700 });
+  const phases = new PhaseTimer();
   /** set when carried-over paths could not be put back: staging then holds the user's data and must stay */
   let keepStaging = false;
   try {
@@ -137,7 +139,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // paths out of the count too. Counting the carried paths would make every
     // restore of a resource with exclusions "not match" its backup.
     // Only an overlay needs the entry list; a full restore keeps no per-file state.
-    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal, overlay);
+    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal, overlay, phases);
     // Check before anything is visible: a mismatch leaves the target as it was.
     const diffs = compareCounts(req.expected, counts);
     if (diffs.length > 0) {
@@ -148,9 +150,10 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     let warnings: string[];
     if (overlay) {
       // The moved inodes are the ones counted above, so counts describe what the target now holds at the backed-up paths.
-      await overlayInto(staging, target, list!);
+      await phases.time('overlay', () => overlayInto(staging, target, list!));
       warnings = [];
     } else {
+      const swapStarted = performance.now();
       warnings = [];
       let carrier: Carrier | null = null;
       if (opts) {
@@ -180,6 +183,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
           }
           warnings.push(...(await swapInto(staging, target, tempPathBeside(target))));
         }
+        phases.add('swap', performance.now() - swapStarted);
       } catch (err) {
         const failed = carrier ? await carrier.undo() : [];
         if (failed.length > 0) {
@@ -197,7 +201,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
         throw err;
       }
     }
-    return { counts, warnings };
+    return { counts, warnings, phases: phases.result() };
   } catch (err) {
     if (signal.aborted && !(isAppError(err) && err.code !== 'cancelled')) throw new AppError('cancelled', undefined, undefined, { cause: err });
     if (isAppError(err)) throw err;

@@ -7,6 +7,7 @@ import { chmod, chown, lstat, mkdir, readdir, rename, rm, utimes } from 'node:fs
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fsyncDir, syncFileSystem } from '../../platform/fs.ts';
+import { PhaseTimer } from '../../platform/phases.ts';
 import { ancestors, type Extracted, type ExtractResult, unsafe } from './extract-sync.ts';
 import { extractInWorker } from './restore-pool.ts';
 import { byteCompare } from './tree.ts';
@@ -44,10 +45,17 @@ async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promis
  * Everything is flushed to disk before it returns. Fails, with staging
  * quiet, if the input errors, even at its very end.
  */
-export async function extractInto(staging: string, input: Readable, digestVersion: 1 | 2, signal: AbortSignal, keepList = false): Promise<ExtractResult> {
-  const result = await extractInWorker(staging, input, digestVersion, keepList, signal);
+export async function extractInto(
+  staging: string,
+  input: Readable,
+  digestVersion: 1 | 2,
+  signal: AbortSignal,
+  keepList = false,
+  phases = new PhaseTimer(),
+): Promise<ExtractResult> {
+  const result = await phases.time('extract', () => extractInWorker(staging, input, digestVersion, keepList, signal));
   // One syncfs for every file and directory written, before anything is renamed into view.
-  await syncFileSystem(staging);
+  await phases.time('sync', () => syncFileSystem(staging));
   return result;
 }
 

@@ -229,6 +229,7 @@ describe('mysql engine', () => {
     const dst = dbName();
     const report = await restoreInto(dst, data, info.counts, 'new_target', false);
     assert.deepEqual(compareCounts(info.counts, report.counts), []);
+    assert.deepEqual(Object.keys(report.phases ?? {}), ['load', 'count', 'swap', 'objects'], 'the steps the restore took, timed, in order');
     assert.deepEqual(await snapshot(dst), await snapshot(src));
     const [ai] = await q('information_schema', 'SELECT AUTO_INCREMENT AS a FROM TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?', [dst, 'items']);
     assert.equal(Number(ai.a), 1000);

@@ -36,6 +36,7 @@ import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { compareCounts } from '../../domain/counts.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
+import { PhaseTimer } from '../../platform/phases.ts';
 import { startTool } from '../../platform/process.ts';
 import type { RestoreReport, RestoreRequest } from '../engine.ts';
 import {
@@ -267,6 +268,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
   const state: SwapState = { trashCreated: false, renamed: false };
   let session: Awaited<ReturnType<typeof connect>> | undefined;
   let step = `Preparing the restore of ${target} failed`;
+  const phases = new PhaseTimer();
   try {
     optionPath.value = await writeOptionFile(req.workDir, p);
     session = await connect(p, signal, null);
@@ -287,7 +289,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
     const clientFailed = new Set<unknown>();
     let scanner: DumpScanner;
     try {
-      scanner = await load(req.input, client, optionPath.value, stage, objectsPath, p, signal, clientFailed);
+      scanner = await phases.time('load', () => load(req.input, client, optionPath.value, stage, objectsPath, p, signal, clientFailed));
     } catch (err) {
       if (signal.aborted) throw new AppError('cancelled');
       if (clientFailed.has(err) && isAppError(err) && err.code === 'engine_failed') {
@@ -298,7 +300,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
     }
 
     step = `Checking the restored tables of ${target} failed`;
-    const staged = await countRows(conn, stage, await baseTables(conn, stage), signal);
+    const staged = await phases.time('count', async () => countRows(conn, stage, await baseTables(conn, stage), signal));
     const diffs = compareCounts(req.expected, { tables: staged });
     if (diffs.length > 0) {
       throw new AppError('verification_failed', `The backup does not hold what its manifest records, so ${target} was not changed: ${diffs.slice(0, 5).join('; ')}.`, {
@@ -314,10 +316,10 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
       createdTarget = true;
     }
     step = `Swapping the restored tables into ${target} failed`;
-    await swap(conn, target, stage, trash, full, scanner.views, state);
+    await phases.time('swap', () => swap(conn, target, stage, trash, full, scanner.views, state));
 
     try {
-      await runScript(client, optionPath.value, target, objectsPath, p, signal);
+      await phases.time('objects', () => runScript(client, optionPath.value, target, objectsPath, p, signal));
     } catch (err) {
       if (isAppError(err) && err.code === 'engine_failed') {
         throw new AppError('engine_failed', `The tables of ${target} were restored, but recreating its views, triggers, routines or events failed. ${err.message}`);
@@ -329,7 +331,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // the staged tables as they are, so counting them again would only repeat it.
     const counts = full ? staged : Object.fromEntries(Object.entries(staged).filter(([n]) => scanner.rows.has(n)));
     succeeded = true;
-    return { counts: { tables: counts }, warnings: [] };
+    return { counts: { tables: counts }, warnings: [], phases: phases.result() };
   } catch (err) {
     const e = dbError(err, p, step, signal);
     // After the rename the previous tables exist only in the trash: keep them for the operator.

@@ -35,6 +35,7 @@ import type pg from 'pg';
 import { compareCounts } from '../../domain/counts.ts';
 import type { ObjectCounts, ObjectInfo, ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
+import { PhaseTimer } from '../../platform/phases.ts';
 import { startTool } from '../../platform/process.ts';
 import type { DumpInfo, DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
 import { dataTables, readTocFromFile, TocSniffer, type ArchiveToc } from './archive.ts';
@@ -170,6 +171,7 @@ interface RestoreContext {
   toc: ArchiveToc;
   pgRestore: FoundTool;
   req: RestoreRequest;
+  phases: PhaseTimer;
 }
 
 /** Connections counting at once: the staging database is ours alone, and pg_restore ran with two jobs as well. */
@@ -216,10 +218,10 @@ function checkExpected(expected: ObjectCounts, tables: Record<string, number>): 
  * Sessions on the target are ended at the swap.
  */
 async function restoreWhole(ctx: RestoreContext, maint: pg.Client, exists: boolean): Promise<RestoreReport> {
-  const { conn, req, toc } = ctx;
+  const { conn, req, toc, phases } = ctx;
   const props = exists ? await readDbProps(maint, conn.database) : null;
   const staging = derivedName(conn.database, 'bvrestore');
-  await createDatabase(maint, staging, props);
+  await phases.time('create_staging', () => createDatabase(maint, staging, props));
   let placed = false;
   try {
     // -j needs a seekable archive: the temp file. It cannot be combined
@@ -230,16 +232,18 @@ async function restoreWhole(ctx: RestoreContext, maint: pg.Client, exists: boole
       signal: req.signal,
       stdout: 'ignore',
     });
-    await tool.done;
-    const tables = await countIn(withDatabase(conn, staging), dataTables(toc), req.signal);
+    await phases.time('pg_restore', () => tool.done);
+    const tables = await phases.time('count', () => countIn(withDatabase(conn, staging), dataTables(toc), req.signal));
     checkExpected(req.expected, tables);
-    if (props) await applyDbProps(maint, staging, props);
-    if (req.signal.aborted) throw new AppError('cancelled');
     const warnings = toolWarnings(tool.stderr());
-    if (exists) warnings.push(...(await swapDatabases(maint, conn.database, staging, props!.allowConn)));
-    else await maint.query(`ALTER DATABASE ${ident(staging)} RENAME TO ${ident(conn.database)}`);
+    await phases.time('swap', async () => {
+      if (props) await applyDbProps(maint, staging, props);
+      if (req.signal.aborted) throw new AppError('cancelled');
+      if (exists) warnings.push(...(await swapDatabases(maint, conn.database, staging, props!.allowConn)));
+      else await maint.query(`ALTER DATABASE ${ident(staging)} RENAME TO ${ident(conn.database)}`);
+    });
     placed = true;
-    return { counts: { tables }, warnings };
+    return { counts: { tables }, warnings, phases: phases.result() };
   } finally {
     if (!placed) await dropDatabase(conn, staging).catch(() => {});
   }
@@ -293,7 +297,7 @@ function entriesToSkip(toc: ArchiveToc, schemas: Set<string>, tables: Set<string
  * transaction, so a failure leaves the target as it was.
  */
 async function restoreSelected(ctx: RestoreContext): Promise<RestoreReport> {
-  const { conn, req, toc } = ctx;
+  const { conn, req, toc, phases } = ctx;
   const client = await connect(conn, req.signal);
   const detach = closeOnAbort(client, req.signal);
   const listFile = `${ctx.file}.list`;
@@ -314,11 +318,11 @@ async function restoreSelected(ctx: RestoreContext): Promise<RestoreReport> {
       ['--no-password', '--clean', '--if-exists', '--single-transaction', '--exit-on-error', `--use-list=${listFile}`, '--dbname', dbnameArg(conn.database), ctx.file],
       { env: toolEnv(conn), secrets: secretsOf(conn), signal: req.signal, stdout: 'ignore' },
     );
-    await tool.done;
-    const counted = await countTables(client, dataTables(toc));
+    await phases.time('pg_restore', () => tool.done);
+    const counted = await phases.time('count', () => countTables(client, dataTables(toc)));
     const warnings = toolWarnings(tool.stderr());
     if (keptTables.length) warnings.push(`Kept as they were (the backup has their definition but not their rows): ${keptTables.join(', ')}.`);
-    return { counts: { tables: counted }, warnings };
+    return { counts: { tables: counted }, warnings, phases: phases.result() };
   } finally {
     detach();
     await client.end().catch(() => {});
@@ -340,7 +344,8 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // purpose: pg_restore's parallel mode (-j) needs a seekable file, and
     // nothing may touch the database before the input has ended cleanly (a
     // damaged artifact errors only at its very end).
-    await pipeline(req.input, createWriteStream(file, { flags: 'wx', mode: 0o600 }), { signal });
+    const phases = new PhaseTimer();
+    await phases.time('spool', () => pipeline(req.input, createWriteStream(file, { flags: 'wx', mode: 0o600 }), { signal }));
     const toc = await readTocFromFile(file);
     const maint = await connectMaintenance(conn, signal);
     const detach = closeOnAbort(maint, signal);
@@ -351,7 +356,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
       const pgRestore = await findTool('pg_restore', need);
       const exists = await databaseExists(maint, conn.database);
       if (exists && req.mode === 'new_target') await assertEmptyDatabase(conn, signal);
-      const ctx: RestoreContext = { conn, file, toc, pgRestore, req };
+      const ctx: RestoreContext = { conn, file, toc, pgRestore, req, phases };
       if (req.partial && exists) return await restoreSelected(ctx);
       return await restoreWhole(ctx, maint, exists);
     } finally {

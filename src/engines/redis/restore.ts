@@ -31,6 +31,7 @@ import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
+import { PhaseTimer } from '../../platform/phases.ts';
 import { AppError } from '../../errors/index.ts';
 import type { RestoreReport, RestoreRequest } from '../engine.ts';
 import type { ResourceSpec } from '../../domain/types.ts';
@@ -156,6 +157,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
   let map: Map<number, number> | null = null;
   let phase: 'staging' | 'writing' = 'staging';
   let staged: ReadStream | null = null;
+  const phases = new PhaseTimer();
   try {
     client = await openClient(addr, addr.db, signal);
     const c = client;
@@ -200,6 +202,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
       throw new AppError('verification_failed', `The Redis artifact holds ${total} keys but its manifest records ${req.expected.keys}; nothing was written.`);
     }
     const targetDbs = [...map.values()];
+    phases.lap('spool');
 
     // 2. Read it back and write it.
     staged = createReadStream(temp, { highWaterMark: 1 << 20 });
@@ -321,6 +324,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
       if (batch.length >= tuning.maxBatchKeys || batchBytes >= tuning.targetBytes) await flush();
     }
     await flush();
+    phases.lap('write');
 
     if (expiring) {
       const size = (await dbSizes(c, targetDbs)).reduce((a, b) => a + b, 0);
@@ -334,6 +338,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
           `After the restore the target Redis database(s) ${targetDbs.join(', ')} hold ${size} keys, but ${distinct} were restored: another client wrote to or deleted from them meanwhile.`,
         );
       }
+      phases.lap('count');
     }
 
     const warnings: string[] = [];
@@ -341,7 +346,7 @@ export async function restore(req: RestoreRequest): Promise<RestoreReport> {
       warnings.push(`${expired} key(s) had expired by the time of the restore and were not written; they are counted as restored, since the source would have dropped them too.`);
     }
     if (duplicates > 0) warnings.push(`The backup held ${duplicates} key(s) twice (SCAN repeats keys while Redis resizes its tables); the later copy was kept.`);
-    return { counts: { keys: written + expired }, warnings };
+    return { counts: { keys: written + expired }, warnings, phases: phases.result() };
   } catch (err) {
     let e = asAppError(err, addr, signal, 'The Redis restore failed');
     if (phase === 'writing') {

@@ -178,6 +178,7 @@ describe('sqlite engine', () => {
     const newPath = join(dir, 'a', 'b', 'restored.db');
     const r1 = await sqliteEngine.restore(restoreReq(newPath, file, info.counts, { mode: 'new_target' }));
     assert.deepEqual(compareCounts(info.counts, r1.counts), []);
+    assert.deepEqual(Object.keys(r1.phases ?? {}), ['spool', 'check', 'swap'], 'the steps the restore took, timed, in order');
     assert.deepEqual(snapshot(newPath), before);
 
     // In place, after the source changed: the change is undone.

@@ -9,6 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
 import { fsyncDir, fsyncFile, tempPathBeside } from '../../platform/fs.ts';
+import { PhaseTimer } from '../../platform/phases.ts';
 import type { DumpInfo, DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
 import { testPause } from './control.ts';
 import { runTask } from './offload.ts';
@@ -106,13 +107,14 @@ function report(counts: RestoreReport['counts'], warnings: string[], signal: Abo
 }
 
 async function restore(req: RestoreRequest): Promise<RestoreReport> {
-  const { counts, warnings } = await restoreFile(req);
+  const phases = new PhaseTimer();
+  const { counts, warnings } = await restoreFile(req, phases);
   // Only now, after the temp file's cleanup: a cancel that came during it came
   // after the point of no return too, and the report must say so.
-  return report(counts, warnings, req.signal);
+  return { ...report(counts, warnings, req.signal), phases: phases.result() };
 }
 
-async function restoreFile(req: RestoreRequest): Promise<{ counts: RestoreReport['counts']; warnings: string[] }> {
+async function restoreFile(req: RestoreRequest, phases: PhaseTimer): Promise<{ counts: RestoreReport['counts']; warnings: string[] }> {
   const target = checkPath(req.target.connection);
   const signal = req.signal;
   if (signal.aborted) throw new AppError('cancelled');
@@ -129,13 +131,17 @@ async function restoreFile(req: RestoreRequest): Promise<{ counts: RestoreReport
     // ended cleanly: a checksum failure surfaces as an error at its end.
     await pipeline(req.input, createWriteStream(temp, { flags: 'wx', mode: 0o600 }), { signal });
     await fsyncFile(temp);
+    phases.lap('spool');
 
     if (req.partial && req.mode === 'in_place') {
       // The worker commits atomically; a cancel after its COMMIT is ignored (offload.ts).
-      return await runTask('replaceTables', { target, source: temp, expected: req.expected }, signal);
+      const replaced = await runTask('replaceTables', { target, source: temp, expected: req.expected }, signal);
+      phases.lap('replace_tables');
+      return replaced;
     }
 
     const { counts } = await runTask('checkRestored', { path: temp, expected: req.expected }, signal);
+    phases.lap('check');
     if (signal.aborted) throw new AppError('cancelled');
     // Again just before the rename: something may have been put there while the input streamed.
     if (req.mode === 'new_target') await requireFreshTarget(target);
@@ -157,6 +163,7 @@ async function restoreFile(req: RestoreRequest): Promise<{ counts: RestoreReport
     await rename(temp, target);
     await testPause('after-rename');
     await fsyncDir(dirname(target));
+    phases.lap('swap');
     return { counts, warnings: [] };
   } catch (err) {
     if (committed && !isAppError(err)) {
