@@ -152,9 +152,14 @@ async function refTimed(cmd: string, opts: { env?: Record<string, string> } = {}
 
 type Ops = Record<string, Record<string, OpSample[]>>;
 
+/** The steps a restore of one resource reports in its result, as the server timed them. */
+function phasesOf(doc: { result?: { resources?: { phases?: Record<string, number> }[] } }): Record<string, number> | undefined {
+  return doc.result?.resources?.[0]?.phases;
+}
+
 function push(ops: Ops, op: string, variant: string, s: OpSample): void {
   ((ops[op] ??= {})[variant] ??= []).push(s);
-  const extra = [s.bytes !== undefined ? `${(s.bytes / 1e6).toFixed(1)} MB` : '', s.rssKb !== undefined ? `rss ${(s.rssKb / 1024).toFixed(0)} MB` : '', s.cpuS !== undefined ? `cpu ${s.cpuS.toFixed(1)} s` : '']
+  const extra = [s.bytes !== undefined ? `${(s.bytes / 1e6).toFixed(1)} MB` : '', s.rssKb !== undefined ? `rss ${(s.rssKb / 1024).toFixed(0)} MB` : '', s.cpuS !== undefined ? `cpu ${s.cpuS.toFixed(1)} s` : '', s.phases ? Object.entries(s.phases).map(([k, v]) => `${k} ${v} ms`).join(' ') : '']
     .filter(Boolean)
     .join(', ');
   log(`  ${op} / ${variant}: ${(s.ms / 1000).toFixed(2)} s${extra ? ` (${extra})` : ''}`);
@@ -248,7 +253,7 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
     async () => {
       await dropPg('bench_pg_rbv');
       const r = await measured(bv, () => bv.restore('pg', ids.pg!, { db: { connection: PG_URL('bench_pg_rbv') } }));
-      push(ops, 'pg_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load });
+      push(ops, 'pg_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load, phases: phasesOf(r.doc) });
       await dropPg('bench_pg_rbv');
     },
     async () => {
@@ -282,7 +287,7 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
     async () => {
       await dropMy('bench_my_rbv');
       const r = await measured(bv, () => bv.restore('my', ids.my!, { db: { connection: MY_URL('bench_my_rbv') } }));
-      push(ops, 'mysql_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load });
+      push(ops, 'mysql_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load, phases: phasesOf(r.doc) });
       await dropMy('bench_my_rbv');
     },
     async () => {
@@ -316,7 +321,7 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
   {
     await sh('redis-cli -n 8 FLUSHDB');
     const r = await measured(bv, () => bv.restore('kv', ids.kv!, { cache: { connection: 'redis://127.0.0.1:6379/8' } }));
-    push(ops, 'redis_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load });
+    push(ops, 'redis_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load, phases: phasesOf(r.doc) });
     await sh('redis-cli -n 8 FLUSHDB');
   }
 
@@ -345,7 +350,7 @@ async function repetition(bv: Backvault, data: Data, dir: string, rep: number, o
       const target = join(restored, `backvault-${rep}`);
       await awaitDeletionsAged();
       const r = await measured(bv, () => bv.restore('www', ids.www!, { site: { connection: target } }));
-      push(ops, 'files_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load });
+      push(ops, 'files_restore', 'backvault', { ms: r.ms, rssKb: r.rssKb, rssStartKb: r.rssStartKb, cpuS: r.cpuS, load: r.load, phases: phasesOf(r.doc) });
     },
     async () => {
       const target = join(restored, `reference-${rep}`);

@@ -12,6 +12,8 @@ export interface OpSample {
   rssStartKb?: number;
   cpuS?: number;
   load?: number;
+  /** a restore's steps as the server timed them (the restore's result.resources[0].phases), ms */
+  phases?: Record<string, number>;
 }
 
 interface Latency {
@@ -147,6 +149,21 @@ function timeTable(s: SizeResult): string[] {
   return out;
 }
 
+/** Where Backvault's restores spend their time, from the phases each restore reports (medians per step). */
+function phaseTable(s: SizeResult): string[] {
+  const out = ['| restore | wall (API request to success seen) | steps timed by the server, median ms | outside the steps |', '| --- | --- | --- | --- |'];
+  for (const op of ['pg_restore', 'mysql_restore', 'redis_restore', 'files_restore']) {
+    const xs = s.ops[op]?.backvault ?? [];
+    if (!xs.some((x) => x.phases)) continue;
+    const steps = [...new Set(xs.flatMap((x) => Object.keys(x.phases ?? {})))];
+    const meds = steps.map((k) => [k, median(xs.map((x) => x.phases?.[k] ?? NaN).filter(Number.isFinite))] as const);
+    const wall = med(s, op, 'backvault');
+    const inside = meds.reduce((a, [, v]) => a + v, 0);
+    out.push(`| ${op} | ${sec(wall)} | ${meds.map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')} | ${sec(wall - inside)} |`);
+  }
+  return out;
+}
+
 function sizeTable(s: SizeResult): string[] {
   const out = ['| stored | Backvault | reference | ratio | target (≤ 1.05x) |', '| --- | --- | --- | --- | --- |'];
   const rows: [string, string, string][] = [
@@ -268,6 +285,18 @@ export async function writeReport(path: string, r: Results): Promise<void> {
   L.push(`## Wall time at the larger size (${large.mb} MB, ${large.reps} repetitions)`, '', ...timeTable(large), '');
   const small = r.sizes.find((s) => s.label === 'small');
   if (small && small !== large) L.push(`<details><summary>Wall time at the smaller size (${small.mb} MB, ${small.reps} repetition(s))</summary>`, '', ...timeTable(small), '', '</details>', '');
+  const phases = phaseTable(large);
+  if (phases.length > 2) {
+    L.push(
+      `### Where a restore's time goes (${large.mb} MB)`,
+      '',
+      "Each restore's result reports the wall time of its engine's steps (`result.resources[].phases`). " +
+        '"Outside the steps" is the rest of the wall time: reading the manifest, opening the target, the job queue, the status write and the polling that sees it.',
+      '',
+      ...phases,
+      '',
+    );
+  }
   L.push(`## Stored bytes (${large.mb} MB)`, '', ...sizeTable(large), '');
   L.push('## Peak resident memory of the Backvault server', '', 'VmRSS of the server process sampled every 20 ms during each operation (the tools it spawns are separate processes and not counted).', '', ...rssTable(r.sizes), '');
   if (large.listLatency) {
