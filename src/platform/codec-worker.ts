@@ -17,9 +17,12 @@
 // as far back in most of it), and bound the memory: a segment, its output,
 // and zstd's tables sized for it.
 import { createHash, type Hash } from 'node:crypto';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import binding from 'zstd-napi/binding.js';
+import { isAppError } from '../errors/index.ts';
 import type { CodecReply, CodecRequest } from './codec.ts';
+import { VerifyingDecoder } from './decoder.ts';
 
 const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 
@@ -34,7 +37,10 @@ const FRAME_ROOM = SEGMENT + (SEGMENT >> 7) + 4096;
 const EMPTY = Buffer.alloc(0);
 
 interface Stream {
-  mode: 'compress' | 'decompress' | 'hash';
+  mode: 'compress' | 'decompress' | 'hash' | 'decodeFile';
+  /** decodeFile: the stored bytes' checker and decompressor, and the file it writes to (-1 once closed) */
+  decoder?: VerifyingDecoder;
+  fd?: number;
   cctx?: InstanceType<typeof CCtx>;
   dctx?: InstanceType<typeof DCtx>;
   hash: Hash;
@@ -82,6 +88,7 @@ function inputDone(input: Buffer): void {
 }
 
 function release(s: Stream): void {
+  closeFile(s);
   keep(spareCCtx, s.cctx);
   keep(spareDCtx, s.dctx);
   keep(spareSegments, s.segment);
@@ -212,9 +219,38 @@ function decompressWork(s: Stream, out: Output): number {
   return finished;
 }
 
+/** Closes a decodeFile stream's file once; a failing close (a write that did not land) throws. */
+function closeFile(s: Stream): void {
+  if (s.fd === undefined || s.fd < 0) return;
+  const fd = s.fd;
+  s.fd = -1;
+  closeSync(fd);
+}
+
+/** Checks and decompresses every queued batch straight into the stream's file; nothing goes back but the batches. */
+function decodeFileWork(s: Stream): number {
+  const n = s.queue.length;
+  const fd = s.fd!;
+  for (const input of s.queue) {
+    s.decoder!.push(input, (piece) => {
+      for (let off = 0; off < piece.length; ) off += writeSync(fd, piece, off, piece.length - off);
+      s.outBytes += piece.length;
+    });
+    inputDone(input);
+  }
+  s.queue = [];
+  if (s.ending) {
+    // Checked before the file is reported written: damage or a cut fails here.
+    s.decoder!.end();
+    closeFile(s);
+  }
+  return n;
+}
+
 function work(s: Stream, out: Output): number {
   if (s.mode === 'compress') return compressWork(s, out);
   if (s.mode === 'decompress') return decompressWork(s, out);
+  if (s.mode === 'decodeFile') return decodeFileWork(s);
   const n = s.queue.length;
   for (const input of s.queue) {
     s.hash.update(input);
@@ -237,12 +273,17 @@ function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
     const spare = spareDCtx.pop();
     spare?.reset(ResetDirective.sessionAndParameters);
     s.dctx = spare ?? new DCtx();
+  } else if (m.mode === 'decodeFile') {
+    s.decoder = new VerifyingDecoder(m.spec);
+    // A new file only, private to its owner; the caller removes it whatever happens.
+    s.fd = openSync(m.path, 'wx', 0o600);
   }
   return s;
 }
 
 function handle(m: CodecRequest): CodecReply | undefined {
   if (m.op === 'open') {
+    // A failure here (a decodeFile stream's file cannot be made) is answered as the stream's error.
     streams.set(m.id, open(m));
     return undefined;
   }
@@ -280,8 +321,16 @@ port.on('message', (m: CodecRequest) => {
   try {
     reply = handle(m);
   } catch (err) {
+    const s = streams.get(m.id);
     streams.delete(m.id);
-    reply = { id: m.id, buffers: [], lengths: [], consumed: 0, more: false, error: err instanceof Error ? err.message : String(err) };
+    if (s) {
+      try {
+        release(s);
+      } catch {
+        // the stream already failed; its file is removed by the caller
+      }
+    }
+    reply = { id: m.id, buffers: [], lengths: [], consumed: 0, more: false, error: err instanceof Error ? err.message : String(err), ...(isAppError(err) ? { code: err.code } : {}) };
   }
   // Finished input goes back even with an error or no reply (after close), so none is left to the garbage collector.
   const returned = finishedInput;

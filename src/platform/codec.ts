@@ -17,7 +17,8 @@
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
-import { AppError } from '../errors/index.ts';
+import { AppError, ERRORS, type ErrorCode } from '../errors/index.ts';
+import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
 import { noteBufferBytes } from './gc.ts';
 import { startModuleWorker } from './workers.ts';
 
@@ -25,6 +26,7 @@ export type CodecRequest =
   | { op: 'open'; id: number; mode: 'compress'; level: number }
   | { op: 'open'; id: number; mode: 'decompress' }
   | { op: 'open'; id: number; mode: 'hash' }
+  | { op: 'open'; id: number; mode: 'decodeFile'; spec: DecodeSpec; path: string }
   | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
   | { op: 'pull'; id: number }
   | { op: 'end'; id: number }
@@ -40,6 +42,8 @@ export interface CodecReply {
   more: boolean;
   end?: { sha256: string; inBytes: number; outBytes: number; truncated: boolean };
   error?: string;
+  /** the error's catalog code, when it had one (checksum_mismatch from a decodeFile stream) */
+  code?: string;
   /** input batches the worker is done with, handed back to be filled again */
   returned?: ArrayBuffer[];
   /** only returns buffers (of a stream already closed); nothing else in it */
@@ -197,7 +201,7 @@ abstract class CodecStream extends Transform {
     if (this.destroyed || m.orphan) return;
     if (m.error !== undefined) {
       this.close();
-      this.destroy(this.workerError(m.error));
+      this.destroy(this.workerError(m.error, m.code));
       return;
     }
     for (let i = 0; i < m.buffers.length; i++) {
@@ -223,7 +227,7 @@ abstract class CodecStream extends Transform {
 
   /** Called with each input chunk's size, before it is batched. */
   protected counted(_bytes: number): void {}
-  protected abstract workerError(message: string): Error;
+  protected abstract workerError(message: string, code?: string): Error;
   /** Checks the end of the stream; throwing fails the stream. */
   protected abstract finished(end: NonNullable<CodecReply['end']>): void;
 }
@@ -275,23 +279,15 @@ export class VerifiedZstdDecompress extends CodecStream {
 
   protected override counted(bytes: number): void {
     this.seen += bytes;
-    if (this.seen > this.expectedSize) {
-      this.destroy(new AppError('checksum_mismatch', `${this.label} is larger than its manifest says (${this.expectedSize} bytes)`));
-    }
+    if (this.seen > this.expectedSize) this.destroy(storedTooLarge(this.label, this.expectedSize));
   }
 
   protected workerError(message: string): Error {
-    return new AppError('checksum_mismatch', `${this.label} is not valid zstd data; the stored copy is damaged`, undefined, { cause: new Error(message) });
+    return storedUndecodable(this.label, 'zstd', new Error(message));
   }
 
   protected finished(end: NonNullable<CodecReply['end']>): void {
-    if (end.inBytes !== this.expectedSize) {
-      throw new AppError('checksum_mismatch', `${this.label} has ${end.inBytes} bytes, its manifest says ${this.expectedSize}`);
-    }
-    if (end.sha256 !== this.expectedSha256) {
-      throw new AppError('checksum_mismatch', `${this.label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`);
-    }
-    if (end.truncated) throw new AppError('checksum_mismatch', `${this.label} ends in the middle of a zstd frame; the stored copy is damaged`);
+    checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: end.inBytes, sha256: end.sha256, truncated: end.truncated });
   }
 }
 
@@ -337,9 +333,7 @@ export class VerifiedPassThrough extends CodecStream {
 
   protected override counted(bytes: number): void {
     this.seen += bytes;
-    if (this.seen > this.expectedSize) {
-      this.destroy(new AppError('checksum_mismatch', `${this.label} is larger than its manifest says (${this.expectedSize} bytes)`));
-    }
+    if (this.seen > this.expectedSize) this.destroy(storedTooLarge(this.label, this.expectedSize));
   }
 
   protected workerError(message: string): Error {
@@ -347,11 +341,33 @@ export class VerifiedPassThrough extends CodecStream {
   }
 
   protected finished(end: NonNullable<CodecReply['end']>): void {
-    if (end.inBytes !== this.expectedSize) {
-      throw new AppError('checksum_mismatch', `${this.label} has ${end.inBytes} bytes, its manifest says ${this.expectedSize}`);
-    }
-    if (end.sha256 !== this.expectedSha256) {
-      throw new AppError('checksum_mismatch', `${this.label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`);
-    }
+    checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: end.inBytes, sha256: end.sha256 });
+  }
+}
+
+/**
+ * Checks stored artifact bytes against `spec` and decompresses them straight
+ * into a new file at `path`, in a codec worker: the decompressed bytes never
+ * reach the event loop, and the worker's writes overlap the reading. For an
+ * engine that spools its input to a file (pg_restore -j needs a seekable
+ * one). The stream ends only once the bytes proved whole and the file is
+ * closed; on any error it fails (checksum_mismatch for damage) and the
+ * caller removes the file. Its readable side carries nothing.
+ */
+export class DecodeToFile extends CodecStream {
+  /** decompressed bytes written, once the stream ended */
+  bytes = 0;
+
+  constructor(spec: DecodeSpec, path: string) {
+    super({ op: 'open', id: 0, mode: 'decodeFile', spec, path });
+  }
+
+  protected workerError(message: string, code?: string): Error {
+    if (code && code in ERRORS) return new AppError(code as ErrorCode, message);
+    return new Error(message);
+  }
+
+  protected finished(end: NonNullable<CodecReply['end']>): void {
+    this.bytes = end.outBytes;
   }
 }

@@ -3,12 +3,15 @@
 // compression) run in codec worker threads (codec.ts); gzip runs in zlib's
 // thread pool; so the event loop stays free.
 import { createHash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { createWriteStream } from 'node:fs';
+import { Transform, Writable, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { createGzip, createGunzip } from 'node:zlib';
 import { DecompressStream } from 'zstd-napi';
 import type { Compression } from '../domain/types.ts';
 import { AppError } from '../errors/index.ts';
-import { Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { DecodeToFile, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
 
 /** Passes bytes through and counts them. */
 export class ByteCounter extends Transform {
@@ -59,7 +62,8 @@ export class HashCounter extends Transform {
 /**
  * Passes bytes through and, at the end, errors unless they had the expected
  * size and sha256. Consumers that commit only after a clean end therefore
- * never commit tampered data.
+ * never commit tampered data. It hashes on the calling thread, unlike the
+ * codec's verifiers (imports and zip downloads use it).
  */
 export class ChecksumVerifier extends Transform {
   private readonly hash = createHash('sha256');
@@ -76,7 +80,7 @@ export class ChecksumVerifier extends Transform {
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.bytes += chunk.length;
     if (this.bytes > this.expectedSize) {
-      cb(new AppError('checksum_mismatch', `${this.label} is larger than its manifest says (${this.expectedSize} bytes)`));
+      cb(storedTooLarge(this.label, this.expectedSize));
       return;
     }
     this.hash.update(chunk);
@@ -84,16 +88,12 @@ export class ChecksumVerifier extends Transform {
   }
 
   override _flush(cb: TransformCallback): void {
-    if (this.bytes !== this.expectedSize) {
-      cb(new AppError('checksum_mismatch', `${this.label} has ${this.bytes} bytes, its manifest says ${this.expectedSize}`));
-      return;
+    try {
+      checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: this.bytes, sha256: this.hash.digest('hex') });
+      cb();
+    } catch (err) {
+      cb(err as Error);
     }
-    const got = this.hash.digest('hex');
-    if (got !== this.expectedSha256) {
-      cb(new AppError('checksum_mismatch', `${this.label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`));
-      return;
-    }
-    cb();
   }
 }
 
@@ -155,9 +155,7 @@ export function decompressor(c: Compression, label: string): Transform {
   }
   const destroy = inner.destroy.bind(inner);
   inner.destroy = (err?: Error | null) => {
-    if (err && !(err instanceof AppError)) {
-      err = new AppError('checksum_mismatch', `${label} is not valid ${c} data; the stored copy is damaged`, undefined, { cause: err });
-    }
+    if (err && !(err instanceof AppError)) err = storedUndecodable(label, c, err);
     return destroy(err ?? undefined);
   };
   return inner;
@@ -165,4 +163,23 @@ export function decompressor(c: Compression, label: string): Transform {
 
 export function passThrough(): Transform {
   return new Transform({ transform: (chunk, _e, cb) => cb(null, chunk) });
+}
+
+/**
+ * Writes a restore's input into a new private file at `path` (it must not
+ * exist). With `decode` (the engine takes this compression as stored) the
+ * input is the stored artifact, checked and decompressed into the file by a
+ * codec worker (DecodeToFile); without, the input is already checked and
+ * decompressed and is copied. Fails on damage with checksum_mismatch. The
+ * worker opens the file itself, so `path` must lie in a directory the
+ * caller removes afterwards (its work directory): after a failure the file
+ * may appear a moment after the caller removed it.
+ */
+export async function spoolInput(input: Readable, path: string, decode: DecodeSpec | undefined, signal: AbortSignal): Promise<void> {
+  if (decode) {
+    const nothing = new Writable({ write: (_c, _e, cb) => cb() });
+    await pipeline(input, new DecodeToFile(decode, path), nothing, { signal });
+  } else {
+    await pipeline(input, createWriteStream(path, { flags: 'wx', mode: 0o600 }), { signal });
+  }
 }

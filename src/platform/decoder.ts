@@ -1,0 +1,113 @@
+// Checking stored artifact bytes against their manifest entry, in one place:
+// the checks and messages that every reader of an artifact uses (the codec
+// worker's streams, codec.ts), and a synchronous verifying decoder for a
+// worker thread that parses what it decodes (the files restore worker), so
+// the decompressed bytes never cross a thread.
+import { createHash, type Hash } from 'node:crypto';
+import binding from 'zstd-napi/binding.js';
+import type { Compression } from '../domain/types.ts';
+import { AppError } from '../errors/index.ts';
+
+/** What the stored bytes of an artifact must be, from its manifest entry. */
+export interface DecodeSpec {
+  compression: Compression;
+  sha256: string;
+  size: number;
+  /** names the artifact in errors, e.g. "artifact resources/db/database.pgdump.zst" */
+  label: string;
+}
+
+/** The error for stored bytes that run past the size their manifest gives. */
+export function storedTooLarge(label: string, expectedSize: number): AppError {
+  return new AppError('checksum_mismatch', `${label} is larger than its manifest says (${expectedSize} bytes)`);
+}
+
+/** The error for stored bytes that the decompressor refuses. */
+export function storedUndecodable(label: string, compression: Compression, cause: unknown): AppError {
+  return new AppError('checksum_mismatch', `${label} is not valid ${compression} data; the stored copy is damaged`, undefined, { cause });
+}
+
+/** Throws checksum_mismatch unless the stored bytes seen match the manifest entry; `truncated`: the last zstd frame did not end. */
+export function checkStoredEnd(label: string, expected: { size: number; sha256: string }, seen: { bytes: number; sha256: string; truncated?: boolean }): void {
+  if (seen.bytes !== expected.size) throw new AppError('checksum_mismatch', `${label} has ${seen.bytes} bytes, its manifest says ${expected.size}`);
+  if (seen.sha256 !== expected.sha256) {
+    throw new AppError('checksum_mismatch', `${label} does not match its sha256 in the manifest: the stored copy is damaged or was changed`);
+  }
+  if (seen.truncated) throw new AppError('checksum_mismatch', `${label} ends in the middle of a zstd frame; the stored copy is damaged`);
+}
+
+/** Compressions VerifyingDecoder handles (zlib has no incremental synchronous gunzip). */
+export const SYNC_DECODABLE: readonly Compression[] = ['zstd', 'none'];
+
+/** Decompressed output is handed on in pieces of at most this size. */
+const OUT_SIZE = 256 * 1024;
+
+/**
+ * Hashes and counts stored bytes, decompresses them, and hands the result on
+ * synchronously, piece by piece; end() throws checksum_mismatch unless the
+ * bytes were exactly the manifest's. A consumer must commit nothing before
+ * end() returned. Memory is one output buffer whatever the ratio: each piece
+ * is handed on before the next is made.
+ */
+export class VerifyingDecoder {
+  private readonly hash: Hash = createHash('sha256');
+  private bytes = 0;
+  private readonly dctx: InstanceType<typeof binding.DCtx> | null;
+  private readonly out: Buffer | null;
+  /** zstd: the last return of decompressStream; 0 once a frame ended cleanly */
+  private pending = 0;
+  /** skip() was called: the rest is only counted and hashed */
+  private skipping = false;
+
+  constructor(private readonly spec: DecodeSpec) {
+    if (!SYNC_DECODABLE.includes(spec.compression)) throw new Error(`VerifyingDecoder cannot decode ${spec.compression}`);
+    this.dctx = spec.compression === 'zstd' ? new binding.DCtx() : null;
+    this.out = this.dctx ? Buffer.allocUnsafeSlow(OUT_SIZE) : null;
+  }
+
+  /** Feeds the next stored bytes; `sink` gets each decompressed piece, valid only during its call. */
+  push(chunk: Buffer, sink: (piece: Buffer) => void): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.spec.size) throw storedTooLarge(this.spec.label, this.spec.size);
+    this.hash.update(chunk);
+    if (!this.dctx) {
+      sink(chunk);
+      return;
+    }
+    let input = chunk;
+    for (;;) {
+      let ret: number;
+      let produced: number;
+      let consumed: number;
+      try {
+        [ret, produced, consumed] = this.dctx.decompressStream(this.out!, input);
+      } catch (err) {
+        throw storedUndecodable(this.spec.label, 'zstd', err);
+      }
+      this.pending = ret;
+      input = input.subarray(consumed);
+      if (produced > 0) sink(this.out!.subarray(0, produced));
+      // Done with this chunk once it is consumed and zstd holds nothing more: the buffer was not filled, or a frame just ended.
+      if (input.length === 0 && (produced < this.out!.length || ret === 0)) return;
+    }
+  }
+
+  /**
+   * Counts and hashes stored bytes without decoding them: after the consumer
+   * failed on what was decoded, the rest is still checked, so that end()
+   * tells a damaged artifact (whose garbage the consumer choked on) from a
+   * sound one that holds something the consumer refuses.
+   */
+  skip(chunk: Buffer): void {
+    this.skipping = true;
+    this.bytes += chunk.length;
+    if (this.bytes > this.spec.size) throw storedTooLarge(this.spec.label, this.spec.size);
+    this.hash.update(chunk);
+  }
+
+  /** Checks size, sha256 and (zstd, unless skipping) that the last frame ended; throws checksum_mismatch otherwise. */
+  end(): void {
+    const truncated = this.dctx !== null && !this.skipping && this.pending !== 0;
+    checkStoredEnd(this.spec.label, this.spec, { bytes: this.bytes, sha256: this.hash.digest('hex'), truncated });
+  }
+}
