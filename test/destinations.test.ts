@@ -186,3 +186,40 @@ test('retention per destination: the offsite copy is kept longer than the local 
   assert.equal((await waitFor(server.api, `/api/v1/restores/${r.body.id}`)).status, 'success');
   assert.equal(await readFile(join(target, 'a.txt'), 'utf8'), 'a');
 });
+
+test('a damaged files copy whose garbage fails the tar parse before its checksum is read still counts as damaged and gives way to the other copy', async (t) => {
+  const work = await tempDir();
+  const second = join(work.path, 'offsite');
+  const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
+  t.after(async () => {
+    await server.close();
+    await work.cleanup();
+  });
+  const src = join(work.path, 'site');
+  await mkdir(join(src, 'pages'), { recursive: true });
+  for (let i = 0; i < 50; i++) await writeFile(join(src, 'pages', `p${i}.html`), `<p>page ${i}</p>\n`.repeat(200));
+  await server.api('POST', '/api/v1/instances', { name: 'site' });
+  await server.api('POST', '/api/v1/instances/site/resources', { name: 'www', type: 'files', connection: src });
+  // Uncompressed, so a flipped byte reaches the tar parser as it is (the restore worker reads the stored bytes itself).
+  const b = await waitFor(server.api, `/api/v1/backups/${(await server.api('POST', '/api/v1/instances/site/backups', { type: 'full', compression: 'none' })).body.id}`);
+  assert.equal(b.status, 'success', b.status_info);
+  const primary = join(server.dir, 'storage', 'backups', b.id, 'resources', 'www', 'files.tar');
+  const bytes = await readFile(primary);
+  bytes[10]! ^= 0x20; // inside the first tar header: its checksum no longer matches
+  await writeFile(primary, bytes);
+
+  const target = join(work.path, 'restored');
+  const r = await server.api('POST', '/api/v1/instances/site/restores', { backup: b.id, targets: { www: { connection: target } } });
+  const done = await waitFor(server.api, `/api/v1/restores/${r.body.id}`);
+  assert.equal(done.status, 'success', done.status_info);
+  assert.match(done.result.resources[0].warnings.join(' '), /default could not be used/);
+  assert.equal(await readFile(join(target, 'pages', 'p7.html'), 'utf8'), '<p>page 7</p>\n'.repeat(200));
+  const copies = (await server.api('GET', `/api/v1/backups/${b.id}`)).body.copies;
+  assert.deepEqual(
+    copies.map((c: any) => [c.destination, c.status]),
+    [
+      ['default', 'error'],
+      ['offsite', 'success'],
+    ],
+  );
+});

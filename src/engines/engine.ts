@@ -2,7 +2,8 @@
 // Readable of uncompressed bytes, a restore consumes one. Compression,
 // hashing and storage are the caller's business, not the engine's.
 import type { Readable } from 'node:stream';
-import type { ObjectCounts, ObjectInfo, ResourceSpec, ResourceType } from '../domain/types.ts';
+import type { Compression, ObjectCounts, ObjectInfo, ResourceSpec, ResourceType } from '../domain/types.ts';
+import type { DecodeSpec } from '../platform/decoder.ts';
 import type { Phases } from '../platform/phases.ts';
 
 export interface DumpRequest {
@@ -65,6 +66,13 @@ export interface RestoreRequest {
    * (full) makes the target equal to the backup.
    */
   partial: boolean;
+  /**
+   * Set only when the engine's `decodes` lists the artifact's compression:
+   * `input` is then the stored bytes as they are, not yet checked, and the
+   * engine must pass every byte through a VerifyingDecoder made from this
+   * (platform/decoder.ts) and make nothing visible unless its end() passed.
+   */
+  decode?: DecodeSpec;
   workDir: string;
   signal: AbortSignal;
 }
@@ -87,6 +95,12 @@ export interface Engine {
   readonly type: ResourceType;
   /** version of the artifact format this engine writes */
   readonly formatVersion: number;
+  /**
+   * Compressions whose stored bytes this engine takes as they are (see
+   * RestoreRequest.decode), to check and decompress them in the thread that
+   * parses them. Absent: the engine always gets decompressed, checked input.
+   */
+  readonly decodes?: readonly Compression[];
 
   /** Checks the form of a connection and options without connecting; throws AppError invalid_connection. */
   checkConnection(connection: string, options: Record<string, unknown>): void;

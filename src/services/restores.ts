@@ -13,6 +13,7 @@ import { compareCounts } from '../domain/counts.ts';
 import { maskConnection } from '../domain/mask.ts';
 import { verifyAndDecompress } from '../platform/streams.ts';
 import { newId } from '../platform/ids.ts';
+import type { DecodeSpec } from '../platform/decoder.ts';
 import type { Phases } from '../platform/phases.ts';
 import { workPath } from '../config/index.ts';
 import { restoreView, type RestoreTarget, type RestoreView } from './views.ts';
@@ -142,7 +143,9 @@ export async function restoreArtifact(
   });
   // Settled into a value at once: the pipeline may fail (a damaged artifact) while the engine is still busy,
   // and a rejection nobody is waiting for yet must not become an unhandled one.
-  const piped = pipeline([source, counter, ...verifyAndDecompress(entry, label), input], { signal }).then(
+  // An engine that decodes this compression itself gets the stored bytes and checks them where it parses them.
+  const decode: DecodeSpec | undefined = engine.decodes?.includes(entry.compression) ? { compression: entry.compression, sha256: entry.sha256, size: entry.size, label } : undefined;
+  const piped = pipeline([source, counter, ...(decode ? [] : verifyAndDecompress(entry, label)), input], { signal }).then(
     () => null,
     (e: unknown) => e,
   );
@@ -150,7 +153,7 @@ export async function restoreArtifact(
   const versionWarning = await majorVersionWarning(engine, target, entry, signal);
   let report: RestoreReport;
   try {
-    report = await engine.restore({ target, input, expected: entry.counts, formatVersion: entry.engine.version, mode, partial, workDir, signal });
+    report = await engine.restore({ target, input, expected: entry.counts, formatVersion: entry.engine.version, mode, partial, decode, workDir, signal });
   } catch (err) {
     input.destroy();
     const pipeErr = await piped;

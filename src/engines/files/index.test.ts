@@ -19,6 +19,7 @@ import { Carrier, planCarry } from './carry.ts';
 import { extractInto, restoreWorkerPool, swapContents } from './restore.ts';
 import { PathFilter } from './select.ts';
 import { summarize, type TreeLine } from './tree.ts';
+import { compressForStorage } from '../../platform/streams.ts';
 
 type TarHeader = Partial<tar.Header> & { name: string };
 
@@ -146,6 +147,13 @@ async function tarNames(file: string): Promise<string[]> {
   }
   await done;
   return names;
+}
+
+/** buf in pieces of `size` bytes. */
+function chunksOf(buf: Buffer, size: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < buf.length; i += size) out.push(buf.subarray(i, i + size));
+  return out;
 }
 
 function failingAtEnd(file: string): Readable {
@@ -673,6 +681,51 @@ describe('files engine', () => {
       await assert.rejects(filesEngine.restore(restoreReq(src, failingAtEnd(f), counts, { partial })), (e) => isErrorCode(e, 'checksum_mismatch'));
       assert.deepEqual(await treeState(src), state);
       assert.deepEqual(await leftovers(dirname(src)), []);
+    }
+  });
+
+  it('takes a stored zstd or uncompressed artifact as it is: the worker checks and decompresses it, and a damaged one changes nothing', async () => {
+    assert.deepEqual(filesEngine.decodes, ['zstd', 'none']);
+    const src = join(await freshDir(), 'src');
+    await mkdir(src);
+    await makeTree(src);
+    const { file, info } = await dumpToFile(src);
+    const tarBytes = await readFile(file);
+    const state = await treeState(src);
+    for (const compression of ['zstd', 'none'] as const) {
+      const { stages, stored: storedInfo } = compressForStorage(compression);
+      const storedFile = join(await freshDir(), `files.tar${compression === 'zstd' ? '.zst' : ''}`);
+      await pipeline([createReadStream(file), ...stages, createWriteStream(storedFile)]);
+      const { size, sha256 } = storedInfo();
+      const stored = await readFile(storedFile);
+      if (compression === 'zstd') assert.ok(size < tarBytes.length, 'the input really is compressed');
+      const decode = { compression, sha256, size, label: `artifact resources/w/${compression}` };
+
+      // Good: restored exactly, from stored bytes fed in small pieces.
+      const good = join(await freshDir(), 'good');
+      const report = await filesEngine.restore(restoreReq(good, Readable.from(chunksOf(stored, 7001)), info.counts, { mode: 'new_target', decode }));
+      assert.deepEqual(compareCounts(info.counts, report.counts), []);
+      assert.deepEqual(await treeState(good), state);
+
+      // Damaged in the middle, cut short, or with bytes added: checksum_mismatch naming the artifact, target as it was.
+      const flipped = Buffer.from(stored);
+      flipped[flipped.length >> 1]! ^= 0x5a;
+      for (const [why, bytes] of [
+        ['flipped', flipped],
+        ['cut', stored.subarray(0, stored.length - 100)],
+        ['longer', Buffer.concat([stored, Buffer.alloc(10)])],
+      ] as const) {
+        const target = join(await freshDir(), 't');
+        await mkdir(target);
+        await writeFile(join(target, 'keep.txt'), 'keep');
+        await assert.rejects(
+          filesEngine.restore(restoreReq(target, Readable.from([bytes]), info.counts, { decode })),
+          (e) => isErrorCode(e, 'checksum_mismatch') && e.message.includes(decode.label),
+          `${compression}, ${why}`,
+        );
+        assert.deepEqual(await readdir(target), ['keep.txt'], `${compression}, ${why}: the target is untouched`);
+        assert.deepEqual(await leftovers(dirname(target)), [], `${compression}, ${why}: no staging left`);
+      }
     }
   });
 

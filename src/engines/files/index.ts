@@ -7,6 +7,7 @@ import { compareCounts } from '../../domain/counts.ts';
 import type { ObjectInfo, ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
 import { tempPathBeside } from '../../platform/fs.ts';
+import { SYNC_DECODABLE } from '../../platform/decoder.ts';
 import { PhaseTimer } from '../../platform/phases.ts';
 import type { DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
 import { Carrier, planCarry } from './carry.ts';
@@ -139,7 +140,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // paths out of the count too. Counting the carried paths would make every
     // restore of a resource with exclusions "not match" its backup.
     // Only an overlay needs the entry list; a full restore keeps no per-file state.
-    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal, overlay, phases);
+    const { list, counts } = await extractInto(staging, req.input, digestVersionOf(req.formatVersion ?? FORMAT_VERSION), signal, overlay, phases, req.decode);
     // Check before anything is visible: a mismatch leaves the target as it was.
     const diffs = compareCounts(req.expected, counts);
     if (diffs.length > 0) {
@@ -246,6 +247,8 @@ async function scratchTarget(_resource: ResourceSpec, workDir: string): Promise<
 export const filesEngine: Engine = {
   type: 'files',
   formatVersion: FORMAT_VERSION,
+  // The restore worker checks and decompresses the stored tar itself: the decompressed bytes never cross a thread.
+  decodes: SYNC_DECODABLE,
   checkConnection(connection: string, options: Record<string, unknown>): void {
     checkPath(connection);
     optionGlobs(options ?? {});

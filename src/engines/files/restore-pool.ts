@@ -13,10 +13,11 @@ import type { Readable } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../../errors/index.ts';
 import { startModuleWorker } from '../../platform/workers.ts';
+import type { DecodeSpec } from '../../platform/decoder.ts';
 import type { ExtractResult } from './extract-sync.ts';
 
 export type PoolRequest =
-  | { op: 'start'; id: number; staging: string; digestVersion: 1 | 2; keepList: boolean; stop: SharedArrayBuffer }
+  | { op: 'start'; id: number; staging: string; digestVersion: 1 | 2; keepList: boolean; stop: SharedArrayBuffer; decode?: DecodeSpec }
   | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
   | { op: 'end'; id: number }
   | { op: 'abort'; id: number };
@@ -182,9 +183,18 @@ function release(slot: Slot): void {
  * Extracts input into staging in a worker and returns its result. Fails
  * with the input's own error when it errors (even at its very end: the
  * worker is then told to stop and nothing is finished), with cancelled on
- * abort, and with the worker's error otherwise.
+ * abort, and with the worker's error otherwise. With `decode`, input is the
+ * stored artifact, which the worker checks and decompresses itself
+ * (checksum_mismatch from the worker when it is damaged).
  */
-export async function extractInWorker(staging: string, input: Readable, digestVersion: 1 | 2, keepList: boolean, signal: AbortSignal): Promise<ExtractResult> {
+export async function extractInWorker(
+  staging: string,
+  input: Readable,
+  digestVersion: 1 | 2,
+  keepList: boolean,
+  signal: AbortSignal,
+  decode?: DecodeSpec,
+): Promise<ExtractResult> {
   if (signal.aborted) throw new AppError('cancelled');
   const slot = acquire();
   const job = new Job(slot);
@@ -205,7 +215,7 @@ export async function extractInWorker(staging: string, input: Readable, digestVe
     if (slot.job === job) release(slot);
   };
   signal.addEventListener('abort', onAbort, { once: true });
-  job.post({ op: 'start', id: job.id, staging, digestVersion, keepList, stop: flag.buffer as SharedArrayBuffer });
+  job.post({ op: 'start', id: job.id, staging, digestVersion, keepList, stop: flag.buffer as SharedArrayBuffer, ...(decode ? { decode } : {}) });
 
   let batch: Buffer | null = null;
   let used = 0;

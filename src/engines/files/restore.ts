@@ -7,6 +7,7 @@ import { chmod, chown, lstat, mkdir, readdir, rename, rm, utimes } from 'node:fs
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fsyncDir, syncFileSystem } from '../../platform/fs.ts';
+import type { DecodeSpec } from '../../platform/decoder.ts';
 import { PhaseTimer } from '../../platform/phases.ts';
 import { ancestors, type Extracted, type ExtractResult, unsafe } from './extract-sync.ts';
 import { extractInWorker } from './restore-pool.ts';
@@ -52,8 +53,9 @@ export async function extractInto(
   signal: AbortSignal,
   keepList = false,
   phases = new PhaseTimer(),
+  decode?: DecodeSpec,
 ): Promise<ExtractResult> {
-  const result = await phases.time('extract', () => extractInWorker(staging, input, digestVersion, keepList, signal));
+  const result = await phases.time('extract', () => extractInWorker(staging, input, digestVersion, keepList, signal, decode));
   // One syncfs for every file and directory written, before anything is renamed into view.
   await phases.time('sync', () => syncFileSystem(staging));
   return result;

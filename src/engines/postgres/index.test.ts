@@ -2,7 +2,7 @@
 // postgres, trust). Every test makes uniquely named databases and the file
 // drops them (and any staging leftovers) at the end.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -497,6 +497,31 @@ describe('postgres engine', () => {
     await session.end().catch(() => {});
     const leftovers = await admin.query(`SELECT datname FROM pg_database WHERE datname LIKE $1`, [`${db}_%`]);
     assert.deepEqual(leftovers.rows, []);
+  });
+
+  it('takes the stored artifact as it is (decode): checked and decompressed into its spool by a codec worker; damage changes nothing', async () => {
+    assert.deepEqual(engine.decodes, ['zstd', 'none']);
+    const db = await createDb('stored', `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 3000) i;`);
+    const { zst, info } = await backup(db);
+    const sha256 = createHash('sha256').update(zst).digest('hex');
+    const decode = { compression: 'zstd' as const, sha256, size: zst.length, label: 'artifact resources/db/database.pgdump.zst' };
+    const copy = `${db}_copy`;
+    const fromStored = (bytes: Buffer, target: string, mode: 'new_target' | 'in_place') =>
+      engine.restore({ target: resource(url(target)), input: Readable.from([bytes]), expected: info.counts, mode, partial: false, decode, workDir: workDir(), signal: never });
+    const report = await fromStored(zst, copy, 'new_target');
+    assert.deepEqual(compareCounts(info.counts, report.counts), []);
+    assert.equal(await scalar(copy, 'SELECT count(*)::int FROM t'), 3000);
+    assert.deepEqual(Object.keys(report.phases ?? {}), ['spool', 'create_staging', 'pg_restore', 'count', 'swap']);
+
+    await withDb(db, (c) => c.query(`DELETE FROM t WHERE id > 10`));
+    const before = await snapshot(db);
+    const flipped = Buffer.from(zst);
+    flipped[flipped.length >> 1]! ^= 0xff;
+    for (const bad of [flipped, zst.subarray(0, zst.length - 7), Buffer.concat([zst, Buffer.from('x')])]) {
+      await assert.rejects(fromStored(bad, db, 'in_place'), (e: any) => isErrorCode(e, 'checksum_mismatch') && e.message.includes(decode.label));
+      assert.deepEqual(await snapshot(db), before);
+    }
+    await admin.query(`DROP DATABASE IF EXISTS ${copy} WITH (FORCE)`);
   });
 
   it('fails on a damaged artifact and leaves the target unchanged', async () => {

@@ -27,15 +27,15 @@
 // passes). A table whose data is excluded is therefore not counted, neither
 // at dump time nor after a restore, which counts the same TOC entries.
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { compareCounts } from '../../domain/counts.ts';
 import type { ObjectCounts, ObjectInfo, ResourceSpec } from '../../domain/types.ts';
 import { AppError, isAppError } from '../../errors/index.ts';
+import { SYNC_DECODABLE } from '../../platform/decoder.ts';
 import { PhaseTimer } from '../../platform/phases.ts';
+import { spoolInput } from '../../platform/streams.ts';
 import { startTool } from '../../platform/process.ts';
 import type { DumpInfo, DumpOutput, DumpRequest, Engine, RestoreReport, RestoreRequest, ScratchTarget } from '../engine.ts';
 import { dataTables, readTocFromFile, TocSniffer, type ArchiveToc } from './archive.ts';
@@ -345,7 +345,7 @@ async function restore(req: RestoreRequest): Promise<RestoreReport> {
     // nothing may touch the database before the input has ended cleanly (a
     // damaged artifact errors only at its very end).
     const phases = new PhaseTimer();
-    await phases.time('spool', () => pipeline(req.input, createWriteStream(file, { flags: 'wx', mode: 0o600 }), { signal }));
+    await phases.time('spool', () => spoolInput(req.input, file, req.decode, signal));
     const toc = await readTocFromFile(file);
     const maint = await connectMaintenance(conn, signal);
     const detach = closeOnAbort(maint, signal);
@@ -442,6 +442,8 @@ async function scratchTarget(resource: ResourceSpec, _workDir: string): Promise<
 export const postgresEngine: Engine = {
   type: 'postgres',
   formatVersion: 1,
+  // The spool is checked and decompressed into its file by a codec worker (spoolInput).
+  decodes: SYNC_DECODABLE,
   checkConnection(connection: string, _options: Record<string, unknown>): void {
     parseConnection(connection);
   },
