@@ -4,7 +4,11 @@
 //   backup:  engine -> null sink            vs  tar -cf - dir | cat > /dev/null
 //            engine -> zstd -3 -> file      vs  tar -cf - dir | zstd -3 > file
 //   restore: engine (includes its syncfs)   vs  tar -xf file -C new (and + sync -f new)
-//            engine <- zstd -d <- file      vs  zstd -d < file | tar -xf - -C new
+//            engine <- stored .zst file     vs  zstd -d < file | tar -xf - -C new
+//            (the stored bytes with their sha256, checked and decompressed
+//            in the restore worker, as the service hands them to the engine)
+// Restored trees are kept until the end (lib/deleted-inodes.ts): it needs
+// about (2 + 5 x runs) times the tree's size free.
 // Each pair alternates which side goes first; prints medians (wall and the
 // engine's CPU: the whole process's, all threads, and the main thread's
 // alone, which the engine's workers spare) as JSON and a table, and the
@@ -12,8 +16,9 @@
 // (src/platform/streams.ts compressor), as the backup pipeline uses it.
 // Usage: node --import tsx bench/files-engine.ts [--size-mb 120] [--runs 3] [--engine DIR] [--work DIR] [--keep] [--only backup|restore]
 //   --engine DIR: import DIR/index.ts instead of src/engines/files (to time an older copy in the same way)
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
@@ -21,8 +26,8 @@ import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ObjectCounts } from '../src/domain/types.ts';
-import type { Engine } from '../src/engines/engine.ts';
-import { compressor, decompressor } from '../src/platform/streams.ts';
+import type { Engine, RestoreRequest } from '../src/engines/engine.ts';
+import { compressor } from '../src/platform/streams.ts';
 import { mainThreadCpu } from './lib/cpu.ts';
 import { writeTree } from './lib/datasets.ts';
 import { awaitDeletionsAged, removeTree } from './lib/deleted-inodes.ts';
@@ -99,10 +104,19 @@ async function engineDump(stages: NodeJS.WritableStream[]): Promise<ObjectCounts
   return info.counts;
 }
 
+/**
+ * Restores from a tar, or from a stored .zst the way the service hands it to
+ * this engine: the stored bytes as they are, with their size and sha256
+ * (RestoreRequest.decode), checked and decompressed in the restore worker.
+ */
 async function engineRestore(target: string, file: string, compressed: boolean): Promise<void> {
-  const raw = createReadStream(file);
-  const input = compressed ? raw.pipe(decompressor('zstd', 'bench')) : raw;
-  const report = await engine.restore({ target: { name: 'w', type: 'files', connection: target, options: {} }, input, expected: counts!, mode: 'new_target', partial: false, workDir: join(work, 'restorework'), signal });
+  const input = createReadStream(file, { highWaterMark: 1 << 20 });
+  let decode: RestoreRequest['decode'];
+  if (compressed) {
+    const bytes = await readFile(file);
+    decode = { compression: 'zstd', sha256: createHash('sha256').update(bytes).digest('hex'), size: bytes.length, label: 'bench artifact' };
+  }
+  const report = await engine.restore({ target: { name: 'w', type: 'files', connection: target, options: {} }, input, expected: counts!, mode: 'new_target', partial: false, decode, workDir: join(work, 'restorework'), signal });
   if (report.counts.tree_sha256 !== counts!.tree_sha256) throw new Error('restored tree differs');
 }
 
