@@ -12,6 +12,7 @@
 import type { Readable } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../../errors/index.ts';
+import { noteBufferBytes } from '../../platform/gc.ts';
 import { startModuleWorker } from '../../platform/workers.ts';
 import type { DecodeSpec } from '../../platform/decoder.ts';
 import type { ExtractResult } from './extract-sync.ts';
@@ -228,6 +229,8 @@ export async function extractInWorker(
   };
   try {
     for await (const chunk of input as AsyncIterable<Buffer>) {
+      // The chunk (a file's or a socket's buffer) is dead once copied below.
+      noteBufferBytes(chunk.length);
       for (let off = 0; off < chunk.length && !job.settled; ) {
         if (!batch) {
           await job.room();
