@@ -6,8 +6,9 @@
 // other, and on a cold cache each read waits for its own disk request, one
 // at a time. Advising the next files while the current one is packed keeps
 // several requests in flight: on the bench machine a cold read of 47k files
-// (500 MB) went from 6.6 s to 2.3 s (ad hoc; bench/RESULTS-full.md shows the
-// files backup at 0.85x of tar | zstd from a cold cache).
+// (500 MB) went from 6.6 s to 2.3 s (ad hoc). It matters most on a slow disk:
+// the full bench had the files backup at 0.85x of tar | zstd on one, and on a
+// faster one (bench/RESULTS-full.md) the backup is CPU-bound instead.
 //
 // The advice changes only timing, never what is read. Where the binding is
 // missing (its build failed: the package's install script tolerates that, or
