@@ -7,6 +7,7 @@ import { mkdir, readFile, rename, writeFile, readdir, rm, stat, symlink } from '
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { startTestServer, tempDir, waitFor } from './helpers.ts';
+import type { Config } from '../src/config/index.ts';
 
 function makeDb(path: string, rows: number): void {
   const db = new Database(path);
@@ -23,15 +24,21 @@ function rowCount(path: string): number {
   return n;
 }
 
-/** A server with a second destination "offsite" and one successful backup of a SQLite database of `rows` rows, in both. */
-async function backedUpTwice(t: TestContext, rows: number) {
+/** A work directory and a server with a second destination `name` in a directory of it; both go when the test ends. */
+async function withSecondDestination(t: TestContext, name: string, config: Partial<Config> = {}) {
   const work = await tempDir();
-  const second = join(work.path, 'offsite');
-  const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
+  const second = join(work.path, name);
+  const server = await startTestServer({ destinations: [{ name, storage: `file://${second}` }], ...config });
   t.after(async () => {
     await server.close();
     await work.cleanup();
   });
+  return { work, second, server };
+}
+
+/** A server with a second destination "offsite" and one successful backup of a SQLite database of `rows` rows, in both. */
+async function backedUpTwice(t: TestContext, rows: number) {
+  const { work, second, server } = await withSecondDestination(t, 'offsite');
   makeDb(join(work.path, 'app.db'), rows);
   await server.api('POST', '/api/v1/instances', { name: 'app' });
   await server.api('POST', '/api/v1/instances/app/resources', { name: 'db', type: 'sqlite', connection: join(work.path, 'app.db') });
@@ -115,13 +122,7 @@ test('a copy that cannot be read this time (a storage failure, not damage) is pa
 });
 
 test('a destination that fails drops out; the backup succeeds in the other and says which copy failed', async (t) => {
-  const work = await tempDir();
-  const second = join(work.path, 'flaky');
-  const server = await startTestServer({ destinations: [{ name: 'flaky', storage: `file://${second}` }] });
-  t.after(async () => {
-    await server.close();
-    await work.cleanup();
-  });
+  const { work, second, server } = await withSecondDestination(t, 'flaky');
   // The destination's directory is replaced by a file: every write there fails.
   await rm(second, { recursive: true, force: true });
   await writeFile(second, 'not a directory');
@@ -139,13 +140,7 @@ test('a destination that fails drops out; the backup succeeds in the other and s
 });
 
 test('retention per destination: the offsite copy is kept longer than the local one', async (t) => {
-  const work = await tempDir();
-  const second = join(work.path, 'archive');
-  const server = await startTestServer({ destinations: [{ name: 'archive', storage: `file://${second}` }], scheduler_tick_seconds: 3600 });
-  t.after(async () => {
-    await server.close();
-    await work.cleanup();
-  });
+  const { work, second, server } = await withSecondDestination(t, 'archive', { scheduler_tick_seconds: 3600 });
   const src = join(work.path, 'data');
   await mkdir(src);
   await writeFile(join(src, 'a.txt'), 'a');
@@ -188,13 +183,7 @@ test('retention per destination: the offsite copy is kept longer than the local 
 });
 
 test('a damaged files copy whose garbage fails the tar parse before its checksum is read still counts as damaged and gives way to the other copy', async (t) => {
-  const work = await tempDir();
-  const second = join(work.path, 'offsite');
-  const server = await startTestServer({ destinations: [{ name: 'offsite', storage: `file://${second}` }] });
-  t.after(async () => {
-    await server.close();
-    await work.cleanup();
-  });
+  const { work, server } = await withSecondDestination(t, 'offsite');
   const src = join(work.path, 'site');
   await mkdir(join(src, 'pages'), { recursive: true });
   for (let i = 0; i < 50; i++) await writeFile(join(src, 'pages', `p${i}.html`), `<p>page ${i}</p>\n`.repeat(200));

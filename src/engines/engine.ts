@@ -1,6 +1,9 @@
 // The Engine interface: one per resource type. Engines stream: a dump is a
 // Readable of uncompressed bytes, a restore consumes one. Compression,
-// hashing and storage are the caller's business, not the engine's.
+// hashing and storage are the caller's business, not the engine's, with one
+// opening: an engine that lists a compression in `decodes` is handed the
+// stored bytes and checks and decompresses them with the platform's
+// VerifyingDecoder where it uses them (RestoreRequest.decode).
 import type { Readable } from 'node:stream';
 import type { Compression, ObjectCounts, ObjectInfo, ResourceSpec, ResourceType } from '../domain/types.ts';
 import type { DecodeSpec } from '../platform/decoder.ts';
