@@ -6,18 +6,19 @@
 // buffer cache and says it was deleted recently: within 60 s, or 360 s while
 // that block is dirty (fs/ext4/ialloc.c, recently_deleted(): RECENTCY_MIN 60
 // plus RECENTCY_DIRTY 300), and a block is dirty again as soon as a new inode
-// in it is written. It checks the candidates one at a time, so after a tree
-// of tens of thousands of files was removed, each file created scans much of
-// its group: `perf record -a` of a files restore 130 s after such a removal
-// showed 20% of all samples (about 40% of the restore's CPU) in
-// find_inode_bit/recently_deleted, and the same restore took 9.3 s of wall
-// and 6.8 s of system time there against 3.4-3.7 s and 1.4-1.5 s without a
-// removal in the minutes before (measured ad hoc with the engine alone on a
-// 500 MB tree of 47k files). The cost falls on whichever side of a pair runs
-// after a removal, not on either tool, so the benches keep removals away from
-// file-creating measurements: every restore writes a fresh directory, trees
-// are removed at the end, and before each files restore this guard waits out
-// the window after any tree that was removed all the same.
+// in it is written. It checks the candidates one at a time, so creating files
+// among many just-freed inodes can cost far more kernel time. How much is
+// hard to predict: in one ad hoc case (session 5, after several trees had
+// been removed within minutes) `perf record -a` of a files restore had 20% of
+// all samples in find_inode_bit/recently_deleted, and it took 9.3 s (6.8 s
+// system) against 3.4-3.7 s (1.4-1.5 s) without removals before; and
+// bench/recent-deletes.ts, which times `tar -x` right after removing one tree
+// of the same size, found 1.9x and 4.2x the quiet time in one session and no
+// difference in another (figures in bench/RESULTS-full.md). So the benches do
+// not try to size the effect; they remove the confound: every restore writes
+// a fresh directory, trees are removed at the end, and before each files
+// restore this guard waits out the window after any tree that was removed
+// all the same.
 import { rm } from 'node:fs/promises';
 import { sh } from './sh.ts';
 
