@@ -20,6 +20,7 @@ import type { Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../errors/index.ts';
 import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
 import { noteBufferBytes } from './gc.ts';
+import { recycled } from './recycle.ts';
 import { startModuleWorker } from './workers.ts';
 
 export type CodecRequest =
@@ -132,9 +133,10 @@ abstract class CodecStream extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.counted(chunk.length);
-    // The chunk (a pipe's, a file's or another worker's buffer) is dead once copied below.
-    noteBufferBytes(chunk.length);
-    if (this.destroyed) return;
+    if (this.destroyed) {
+      noteBufferBytes(chunk.length);
+      return;
+    }
     if (this.passes && !this.push(chunk)) this.outputFull = true;
     let offset = 0;
     while (offset < chunk.length) {
@@ -144,6 +146,10 @@ abstract class CodecStream extends Transform {
       offset += n;
       if (this.batchUsed === BATCH_BYTES) this.sendBatch();
     }
+    // Copied, and (unless passed on) held by no one: a lent chunk (a files
+    // dump batch) goes back to the worker that made it; any other
+    // (a pipe's, a file's) is garbage now.
+    if (this.passes || !recycled(chunk)) noteBufferBytes(chunk.length);
     if (this.mayTakeMore()) cb();
     else this.waiting = () => cb();
   }
@@ -355,9 +361,6 @@ export class VerifiedPassThrough extends CodecStream {
  * caller removes the file. Its readable side carries nothing.
  */
 export class DecodeToFile extends CodecStream {
-  /** decompressed bytes written, once the stream ended */
-  bytes = 0;
-
   constructor(spec: DecodeSpec, path: string) {
     super({ op: 'open', id: 0, mode: 'decodeFile', spec, path });
   }
@@ -367,7 +370,6 @@ export class DecodeToFile extends CodecStream {
     return new Error(message);
   }
 
-  protected finished(end: NonNullable<CodecReply['end']>): void {
-    this.bytes = end.outBytes;
-  }
+  /** The worker checked the bytes before it answered the end: nothing is left to check here. */
+  protected finished(): void {}
 }

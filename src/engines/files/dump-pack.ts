@@ -54,11 +54,13 @@ export interface BatchSink {
   send(buffer: ArrayBuffer, length: number): void;
   /** Throws AppError('cancelled') once the dump is cancelled. */
   check(): void;
+  /** A batch buffer (BATCH bytes) the reader gave back, if one is there: spares a fresh allocation. */
+  reuse?(): Buffer | undefined;
 }
 
 /** Tar bytes gathered into batches of BATCH bytes. */
 class TarOut {
-  buf = Buffer.allocUnsafeSlow(BATCH);
+  buf: Buffer = Buffer.allocUnsafeSlow(BATCH);
   used = 0;
 
   constructor(private readonly sink: BatchSink) {}
@@ -69,12 +71,11 @@ class TarOut {
 
   flush(): void {
     if (this.used === 0) return;
-    const full = this.buf;
-    const n = this.used;
+    // Sent first: while send waits for credit, the reader may give a batch back to be reused below.
+    this.sink.send(this.buf.buffer as ArrayBuffer, this.used);
     // A buffer of its own (not from Node's pool), so it can be transferred.
-    this.buf = Buffer.allocUnsafeSlow(BATCH);
+    this.buf = this.sink.reuse?.() ?? Buffer.allocUnsafeSlow(BATCH);
     this.used = 0;
-    this.sink.send(full.buffer as ArrayBuffer, n);
   }
 
   write(src: Buffer): void {

@@ -1,4 +1,5 @@
 // Messages and shared cells between dump.ts (main thread) and dump-worker.ts.
+import type { MessagePort } from 'node:worker_threads';
 import type { DumpInfo } from '../engine.ts';
 import type { DumpSpec } from './dump-pack.ts';
 
@@ -11,9 +12,12 @@ export interface DumpRequest {
   id: number;
   spec: DumpSpec;
   cells: SharedArrayBuffer;
+  /** With a worker's first dump: the port on which the main thread gives its batches back (recycle.ts), for the next ones to reuse. */
+  returns?: MessagePort;
 }
 
 export type DumpReply =
   | { kind: 'data'; id: number; buffer: ArrayBuffer; length: number }
-  | { kind: 'end'; id: number; info: DumpInfo }
+  /** reused: batches of this dump that were given back and refilled */
+  | { kind: 'end'; id: number; info: DumpInfo; reused: number }
   | { kind: 'error'; id: number; code: string; message: string; details?: Record<string, unknown> };

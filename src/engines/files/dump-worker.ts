@@ -1,16 +1,27 @@
 // The dump worker thread (started by dump.ts): runs one dump at a time with
 // packTree. Its event loop does not turn while a dump runs, so credit and
 // cancellation come through shared cells (dump-protocol.ts), not messages.
-import { parentPort } from 'node:worker_threads';
+import { type MessagePort, parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { AppError, isAppError } from '../../errors/index.ts';
-import { type BatchSink, packTree } from './dump-pack.ts';
+import { BATCH, type BatchSink, packTree } from './dump-pack.ts';
 import { CANCEL, CREDIT, type DumpReply, type DumpRequest } from './dump-protocol.ts';
 
 const port = parentPort!;
+/** Batches the main thread is done with come back here (recycle.ts); read synchronously, since the event loop does not turn during a dump. */
+let returns: MessagePort | undefined;
 
 port.on('message', (m: DumpRequest) => {
+  if (m.returns) returns = m.returns;
   const cells = new Int32Array(m.cells);
+  let reused = 0;
   const sink: BatchSink = {
+    reuse() {
+      const back = returns && receiveMessageOnPort(returns);
+      const buffer = back ? (back.message as ArrayBuffer) : undefined;
+      if (buffer?.byteLength !== BATCH) return undefined;
+      reused++;
+      return Buffer.from(buffer);
+    },
     check() {
       if (Atomics.load(cells, CANCEL) !== 0) throw new AppError('cancelled');
     },
@@ -27,7 +38,7 @@ port.on('message', (m: DumpRequest) => {
   };
   let reply: DumpReply;
   try {
-    reply = { kind: 'end', id: m.id, info: packTree(m.spec, sink) };
+    reply = { kind: 'end', id: m.id, info: packTree(m.spec, sink), reused };
   } catch (err) {
     reply = isAppError(err)
       ? { kind: 'error', id: m.id, code: err.code, message: err.message, details: err.details }

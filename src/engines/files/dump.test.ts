@@ -6,7 +6,10 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import tar from 'tar-stream';
+import { decompress as zstdDecompress } from 'zstd-napi';
 import { isErrorCode } from '../../errors/index.ts';
+import { lend, recycled } from '../../platform/recycle.ts';
+import { ByteCounter, compressForStorage } from '../../platform/streams.ts';
 import type { DumpInfo } from '../engine.ts';
 import { dumpTree, filesDumpPool } from './dump.ts';
 import { PathFilter } from './select.ts';
@@ -222,6 +225,34 @@ describe('files dump in a worker thread', () => {
     assert.equal(filesDumpPool.started, started + 1);
     assert.equal(again.info.counts.tree_sha256, good.info.counts.tree_sha256);
     assert.ok(again.tar.equals(good.tar));
+  });
+
+  it('takes back the batches the compressing stage copied and refills them, and the stored bytes are the same tar', async () => {
+    const dir = await bigTree();
+    const plain = await dumpAll(dir); // a consumer that keeps the chunks: nothing is given back
+    const reused = filesDumpPool.reused;
+    const { stream, info } = dumpTree(dir, everything(), never);
+    const stored = compressForStorage('zstd');
+    const zst = await drain(stream.pipe(new ByteCounter(() => {})).pipe(stored.stages[0]!));
+    assert.equal((await info).counts.tree_sha256, plain.info.counts.tree_sha256);
+    // 24 MiB in 256 KiB batches: nearly all but the first few were refilled.
+    assert.ok(filesDumpPool.reused - reused > 50, `reused ${filesDumpPool.reused - reused} batches`);
+    assert.ok(zstdDecompress(zst).equals(plain.tar), 'the compressed dump decompresses to the tar of a dump without reuse');
+    assert.equal(stored.stored().sha256, createHash('sha256').update(zst).digest('hex'));
+  });
+
+  it('never gives back a part of a batch that a stream split', () => {
+    const chunk = Buffer.alloc(1024, 7);
+    let given = 0;
+    lend(chunk, () => given++);
+    // A consumer that read(n) a part: the rest is still queued in the stream.
+    assert.equal(recycled(chunk.subarray(0, 512)), false);
+    assert.equal(recycled(chunk.subarray(512)), false);
+    assert.equal(recycled(Buffer.alloc(1024)), false);
+    assert.equal(given, 0);
+    assert.equal(recycled(chunk), true);
+    assert.equal(recycled(chunk), false, 'given back once only');
+    assert.equal(given, 1);
   });
 
   it('reports errors from the worker as AppErrors', async () => {

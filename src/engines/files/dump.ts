@@ -22,8 +22,9 @@
 // with engine_failed; the next dump gets a new worker.
 import { resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
-import type { Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import { AppError, type ErrorCode, ERRORS } from '../../errors/index.ts';
+import { lend } from '../../platform/recycle.ts';
 import { startModuleWorker } from '../../platform/workers.ts';
 import type { DumpInfo } from '../engine.ts';
 import type { DumpSpec } from './dump-pack.ts';
@@ -51,6 +52,9 @@ const WORKER_YOUNG_MB = 4;
 
 interface Slot {
   worker: Worker;
+  /** Batches the consumer copied go back to the worker on this port (recycle.ts); its other end goes with the first dump. */
+  returns: MessagePort;
+  workerEnd: MessagePort | undefined;
   run: DumpRun | undefined;
   idle: NodeJS.Timeout | undefined;
   /** The worker's 'error' event, reported when it exits. */
@@ -68,6 +72,8 @@ export const filesDumpPool = {
   started: 0,
   /** Tar bytes received from workers since the process began. */
   received: 0,
+  /** Batches that workers refilled after a consumer gave them back (recycle.ts), since the process began. */
+  reused: 0,
   /** Workers alive. */
   live: () => slots.size,
   /** Workers alive and free for the next dump. */
@@ -84,7 +90,10 @@ export const filesDumpPool = {
 function startWorker(): Slot {
   const worker = startModuleWorker(import.meta.url, './dump-worker', { resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_MB } });
   filesDumpPool.started++;
-  const slot: Slot = { worker, run: undefined, idle: undefined, error: undefined, retired: false };
+  const { port1, port2 } = new MessageChannel();
+  // Holds nothing open: only the worker listens, and only while it packs.
+  port1.unref();
+  const slot: Slot = { worker, returns: port1, workerEnd: port2, run: undefined, idle: undefined, error: undefined, retired: false };
   slots.add(slot);
   worker.on('message', (m: DumpReply) => slot.run?.message(m));
   worker.on('error', (err) => {
@@ -92,6 +101,7 @@ function startWorker(): Slot {
   });
   worker.on('exit', (code) => {
     forget(slot);
+    slot.returns.close();
     const run = slot.run;
     slot.run = undefined;
     run?.workerDied(slot.error, code);
@@ -166,7 +176,10 @@ class DumpRun {
     }
     this.slot = slot;
     slot.run = this;
-    slot.worker.postMessage({ id: this.id, spec, cells: this.cells.buffer as SharedArrayBuffer } satisfies DumpRequest);
+    const returns = slot.workerEnd;
+    slot.workerEnd = undefined;
+    const request: DumpRequest = { id: this.id, spec, cells: this.cells.buffer as SharedArrayBuffer, ...(returns ? { returns } : {}) };
+    slot.worker.postMessage(request, returns ? [returns] : []);
     this.updateRef();
   }
 
@@ -177,11 +190,12 @@ class DumpRun {
         this.credit--;
         filesDumpPool.received += m.length;
         if (this.stream.destroyed) break;
-        if (this.stream.push(Buffer.from(m.buffer, 0, m.length))) this.grant(1);
+        if (this.stream.push(this.lent(m.buffer, m.length))) this.grant(1);
         else this.owed++;
         break;
       case 'end':
         this.result = m.info;
+        filesDumpPool.reused += m.reused;
         this.finish();
         this.stream.push(null);
         break;
@@ -191,6 +205,16 @@ class DumpRun {
         break;
     }
     this.updateRef();
+  }
+
+  /**
+   * The batch as a chunk that a consumer which copies it and keeps nothing
+   * (the codec's compressing stage) gives back for the worker to refill.
+   * The dump stream must therefore have that one consumer: it is never teed.
+   */
+  private lent(buffer: ArrayBuffer, length: number): Buffer {
+    const returns = this.slot!.returns;
+    return lend(Buffer.from(buffer, 0, length), (b) => returns.postMessage(b, [b]));
   }
 
   workerDied(err: Error | undefined, code: number): void {
