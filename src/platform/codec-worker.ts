@@ -18,11 +18,11 @@
 // and zstd's tables sized for it.
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { parentPort } from 'node:worker_threads';
+import { type MessagePort, parentPort } from 'node:worker_threads';
 import binding from 'zstd-napi/binding.js';
 import { isAppError } from '../errors/index.ts';
 import type { CodecReply, CodecRequest } from './codec.ts';
-import { VerifyingDecoder } from './decoder.ts';
+import { type DecodedMessage, type DecodedReturn, VerifyingDecoder } from './decoder.ts';
 
 const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 
@@ -30,6 +30,8 @@ const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 const OUT_SIZE = 256 * 1024;
 /** The most output one request produces before it waits for the main thread to pull. */
 const OUT_BUDGET = 1024 * 1024;
+/** decodeTo: decoded pieces out at once (each OUT_SIZE); the consumer hands them back. */
+const PIECES = 8;
 /** Input compressed into one frame. */
 const SEGMENT = 4 * 1024 * 1024;
 /** Room for a compressed segment whatever the data (above ZSTD_compressBound(SEGMENT)), so it takes one call. */
@@ -37,10 +39,18 @@ const FRAME_ROOM = SEGMENT + (SEGMENT >> 7) + 4096;
 const EMPTY = Buffer.alloc(0);
 
 interface Stream {
-  mode: 'compress' | 'decompress' | 'hash' | 'decodeFile';
-  /** decodeFile: the stored bytes' checker and decompressor, and the file it writes to (-1 once closed) */
+  id: number;
+  mode: 'compress' | 'decompress' | 'hash' | 'decodeFile' | 'decodeTo';
+  /** decodeFile, decodeTo: the stored bytes' checker and decompressor */
   decoder?: VerifyingDecoder;
+  /** decodeFile: the file it writes to (-1 once closed) */
   fd?: number;
+  /** decodeTo: where the pieces go, the buffers handed back, how many are out, the batch being decoded, and whether the verdict went */
+  to?: MessagePort;
+  free?: Buffer[];
+  out?: number;
+  feeding?: Buffer;
+  verdictSent?: boolean;
   cctx?: InstanceType<typeof CCtx>;
   dctx?: InstanceType<typeof DCtx>;
   hash: Hash;
@@ -89,6 +99,8 @@ function inputDone(input: Buffer): void {
 
 function release(s: Stream): void {
   closeFile(s);
+  s.to?.close();
+  s.to = undefined;
   keep(spareCCtx, s.cctx);
   keep(spareDCtx, s.dctx);
   keep(spareSegments, s.segment);
@@ -100,14 +112,16 @@ function release(s: Stream): void {
 class Output {
   readonly buffers: ArrayBuffer[] = [];
   readonly lengths: number[] = [];
-  private current = Buffer.allocUnsafeSlow(OUT_SIZE);
+  /** made when first needed: most requests of a decompression or hash stream write nothing here */
+  private current: Buffer | undefined;
   private used = 0;
   /** bytes written so far */
   total = 0;
 
   /** The free part of the current buffer, a fresh one when it is full. */
   space(): Buffer {
-    if (this.used === this.current.length) this.rotate();
+    if (this.current && this.used === this.current.length) this.rotate();
+    this.current ??= Buffer.allocUnsafeSlow(OUT_SIZE);
     return this.current.subarray(this.used);
   }
 
@@ -130,9 +144,9 @@ class Output {
   }
 
   private rotate(): void {
-    this.buffers.push(this.current.buffer as ArrayBuffer);
+    this.buffers.push(this.current!.buffer as ArrayBuffer);
     this.lengths.push(this.used);
-    this.current = Buffer.allocUnsafeSlow(OUT_SIZE);
+    this.current = undefined;
     this.used = 0;
   }
 
@@ -247,10 +261,67 @@ function decodeFileWork(s: Stream): number {
   return n;
 }
 
+/**
+ * Decodes queued batches into pieces and sends each to the consumer while it
+ * has pieces to spare; after the last batch, sends the verdict on the stored
+ * bytes (or their error). Returns the batches it finished.
+ */
+function decodeToWork(s: Stream): number {
+  const decoder = s.decoder!;
+  const to = s.to!;
+  let finished = 0;
+  for (;;) {
+    if (s.feeding && decoder.idle) {
+      inputDone(s.feeding);
+      s.feeding = undefined;
+      finished++;
+    }
+    if (!s.feeding) {
+      const next = s.queue.shift();
+      if (!next) break;
+      decoder.feed(next);
+      s.feeding = next;
+      continue;
+    }
+    const piece = s.free!.pop() ?? (s.out! < PIECES ? Buffer.allocUnsafeSlow(OUT_SIZE) : undefined);
+    // All pieces are out: the consumer's next hand-back resumes this.
+    if (!piece) break;
+    const n = decoder.decodeInto(piece);
+    if (n === 0) {
+      s.free!.push(piece);
+      continue;
+    }
+    s.outBytes += n;
+    s.out!++;
+    to.postMessage({ piece: piece.buffer as ArrayBuffer, length: n } satisfies DecodedMessage, [piece.buffer as ArrayBuffer]);
+  }
+  if (s.ending && !s.feeding && s.queue.length === 0 && !s.verdictSent) {
+    s.verdictSent = true;
+    // Throws checksum_mismatch on damage: the consumer hears it from the handler's catch, the main thread as the stream's error.
+    decoder.end();
+    to.postMessage({ end: true } satisfies DecodedMessage);
+  }
+  return finished;
+}
+
+/** decodeTo: the consumer handed a piece back; decoding goes on if it waited for one. */
+function pieceBack(s: Stream, m: DecodedReturn): void {
+  s.out!--;
+  if (m.back.byteLength === OUT_SIZE && s.free!.length < PIECES) s.free!.push(Buffer.from(m.back));
+  if (!streams.has(s.id) || s.verdictSent) return;
+  answer(s.id, () => {
+    const consumed = decodeToWork(s);
+    const reply = finishReply(s, new Output(), consumed);
+    // Most hand-backs finish no batch: the main thread hears only of those that do, and of the end.
+    return consumed > 0 || reply.end ? reply : undefined;
+  });
+}
+
 function work(s: Stream, out: Output): number {
   if (s.mode === 'compress') return compressWork(s, out);
   if (s.mode === 'decompress') return decompressWork(s, out);
   if (s.mode === 'decodeFile') return decodeFileWork(s);
+  if (s.mode === 'decodeTo') return decodeToWork(s);
   const n = s.queue.length;
   for (const input of s.queue) {
     s.hash.update(input);
@@ -261,7 +332,7 @@ function work(s: Stream, out: Output): number {
 }
 
 function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
-  const s: Stream = { mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, pending: 0, queue: [], segmentUsed: 0, unsent: EMPTY, framed: false, ending: false, closed: false };
+  const s: Stream = { id: m.id, mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, pending: 0, queue: [], segmentUsed: 0, unsent: EMPTY, framed: false, ending: false, closed: false };
   if (m.mode === 'compress') {
     const spare = spareCCtx.pop();
     // A kept context starts over with default parameters, as a new one would.
@@ -277,6 +348,12 @@ function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
     s.decoder = new VerifyingDecoder(m.spec);
     // A new file only, private to its owner; the caller removes it whatever happens.
     s.fd = openSync(m.path, 'wx', 0o600);
+  } else if (m.mode === 'decodeTo') {
+    s.decoder = new VerifyingDecoder(m.spec);
+    s.to = m.port;
+    s.free = [];
+    s.out = 0;
+    m.port.on('message', (back: DecodedReturn) => pieceBack(s, back));
   }
   return s;
 }
@@ -305,32 +382,45 @@ function handle(m: CodecRequest): CodecReply | undefined {
   }
   const out = new Output();
   const consumed = work(s, out);
+  return finishReply(s, out, consumed);
+}
+
+/** The reply after some work on s: its output, the batches it finished, and its end once nothing is left. */
+function finishReply(s: Stream, out: Output, consumed: number): CodecReply {
   out.finish();
-  const more = s.queue.length > 0 || s.unsent.length > 0 || (s.mode === 'compress' && s.ending && !s.closed);
-  const reply: CodecReply = { id: m.id, buffers: out.buffers, lengths: out.lengths, consumed, more };
-  if (s.ending && !more) {
-    streams.delete(m.id);
+  const more =
+    s.queue.length > 0 || s.unsent.length > 0 || (s.mode === 'compress' && s.ending && !s.closed);
+  // decodeTo goes on by itself as pieces come back; the main thread never pulls.
+  const pullable = more && s.mode !== 'decodeTo';
+  const reply: CodecReply = { id: s.id, buffers: out.buffers, lengths: out.lengths, consumed, more: pullable };
+  const done = s.mode === 'decodeTo' ? s.verdictSent === true : s.ending && !more;
+  if (done) {
+    streams.delete(s.id);
     release(s);
     reply.end = { sha256: s.hash.digest('hex'), inBytes: s.inBytes, outBytes: s.outBytes, truncated: s.mode === 'decompress' && s.pending !== 0 };
   }
   return reply;
 }
 
-port.on('message', (m: CodecRequest) => {
+/** Runs one piece of work for stream id and answers the main thread: its reply, or its error (the stream is then dropped). */
+function answer(id: number, run: () => CodecReply | undefined): void {
   let reply: CodecReply | undefined;
   try {
-    reply = handle(m);
+    reply = run();
   } catch (err) {
-    const s = streams.get(m.id);
-    streams.delete(m.id);
+    const s = streams.get(id);
+    streams.delete(id);
     if (s) {
+      // A decodeTo consumer waits for a verdict: this is it.
+      const error = err instanceof Error ? err.message : String(err);
+      s.to?.postMessage({ error, ...(isAppError(err) ? { code: err.code } : {}) } satisfies DecodedMessage);
       try {
         release(s);
       } catch {
         // the stream already failed; its file is removed by the caller
       }
     }
-    reply = { id: m.id, buffers: [], lengths: [], consumed: 0, more: false, error: err instanceof Error ? err.message : String(err), ...(isAppError(err) ? { code: err.code } : {}) };
+    reply = { id, buffers: [], lengths: [], consumed: 0, more: false, error: err instanceof Error ? err.message : String(err), ...(isAppError(err) ? { code: err.code } : {}) };
   }
   // Finished input goes back even with an error or no reply (after close), so none is left to the garbage collector.
   const returned = finishedInput;
@@ -339,6 +429,8 @@ port.on('message', (m: CodecRequest) => {
     reply.returned = returned;
     port.postMessage(reply, [...reply.buffers, ...returned]);
   } else if (returned.length > 0) {
-    port.postMessage({ id: m.id, buffers: [], lengths: [], consumed: 0, more: false, returned, orphan: true } satisfies CodecReply, returned);
+    port.postMessage({ id, buffers: [], lengths: [], consumed: 0, more: false, returned, orphan: true } satisfies CodecReply, returned);
   }
-});
+}
+
+port.on('message', (m: CodecRequest) => answer(m.id, () => handle(m)));

@@ -5,8 +5,10 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { compress as zstdCompress, decompress as zstdDecompress } from 'zstd-napi';
-import { AppError } from '../errors/index.ts';
-import { Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { AppError, isErrorCode } from '../errors/index.ts';
+import { MessageChannel } from 'node:worker_threads';
+import { DecodeToPort, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import type { DecodedMessage } from './decoder.ts';
 import { decompressor } from './streams.ts';
 
 /** Text-like data that compresses a few times, in chunks of varied size. */
@@ -201,6 +203,55 @@ describe('codec worker streams', () => {
     release?.();
     await done;
     assert.equal(h.bytes, 200 * 1024 * 1024);
+  });
+
+  it('decodes to another thread over a port: a fixed number of pieces out until they come back, the verdict last', async () => {
+    // 64 MiB of zeros stored in a few KB: the consumer, not the ratio, decides how much is decoded ahead.
+    const data = Buffer.alloc(64 * 1024 * 1024);
+    const stored = zstdCompress(data);
+    const spec = { compression: 'zstd' as const, sha256: sha(stored), size: stored.length, label: 'artifact a/b.zst' };
+    const { port1, port2 } = new MessageChannel();
+    const held: ArrayBuffer[] = [];
+    const got: Buffer[] = [];
+    let verdict: DecodedMessage | undefined;
+    port2.on('message', (m: DecodedMessage) => {
+      if ('piece' in m) {
+        got.push(Buffer.from(Buffer.from(m.piece, 0, m.length)));
+        held.push(m.piece);
+      } else verdict = m;
+    });
+    const nothing = new Writable({ write: (_c, _e, cb) => cb() });
+    const done = pipeline(Readable.from([stored]), new DecodeToPort(spec, port1), nothing);
+    await sleep(300);
+    assert.equal(held.length, 8, 'eight pieces out, then the codec waits');
+    assert.equal(verdict, undefined);
+    // Handing the pieces back lets it go on to the end.
+    const giveBack = () => {
+      for (const b of held.splice(0)) port2.postMessage({ back: b }, [b]);
+    };
+    const pump = setInterval(giveBack, 5);
+    await done;
+    await sleep(50);
+    clearInterval(pump);
+    port2.close();
+    assert.deepEqual(verdict, { end: true });
+    assert.ok(Buffer.concat(got).equals(data));
+    assert.ok(Math.max(...got.map((g) => g.length)) <= 256 * 1024);
+
+    // Damaged: the consumer and the stream both hear checksum_mismatch.
+    const bad = Buffer.from(stored);
+    bad[bad.length >> 1]! ^= 0xff;
+    const ch = new MessageChannel();
+    const verdicts: DecodedMessage[] = [];
+    ch.port2.on('message', (m: DecodedMessage) => {
+      if ('piece' in m) ch.port2.postMessage({ back: m.piece }, [m.piece]);
+      else verdicts.push(m);
+    });
+    await assert.rejects(pipeline(Readable.from([bad]), new DecodeToPort(spec, ch.port1), new Writable({ write: (_c, _e, cb) => cb() })), (e) => isErrorCode(e, 'checksum_mismatch'));
+    await sleep(50);
+    ch.port2.close();
+    assert.equal(verdicts.length, 1);
+    assert.ok('error' in verdicts[0]! && verdicts[0].code === 'checksum_mismatch', JSON.stringify(verdicts));
   });
 
   it('a destroyed stream frees its place and later streams work', async () => {

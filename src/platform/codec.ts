@@ -16,7 +16,7 @@
 // bounded whatever the speed of either end or the compression ratio.
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
-import type { Worker } from 'node:worker_threads';
+import type { MessagePort, Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../errors/index.ts';
 import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
 import { noteBufferBytes } from './gc.ts';
@@ -28,6 +28,7 @@ export type CodecRequest =
   | { op: 'open'; id: number; mode: 'decompress' }
   | { op: 'open'; id: number; mode: 'hash' }
   | { op: 'open'; id: number; mode: 'decodeFile'; spec: DecodeSpec; path: string }
+  | { op: 'open'; id: number; mode: 'decodeTo'; spec: DecodeSpec; port: MessagePort }
   | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
   | { op: 'pull'; id: number }
   | { op: 'end'; id: number }
@@ -110,12 +111,13 @@ abstract class CodecStream extends Transform {
   constructor(
     open: CodecRequest,
     private readonly passes = false,
+    transfer: MessagePort[] = [],
   ) {
     super();
     this.home = pickWorker();
     this.home.streams.set(this.id, this);
     this.home.worker.ref();
-    this.send({ ...open, id: this.id } as CodecRequest);
+    this.home.worker.postMessage({ ...open, id: this.id }, transfer);
   }
 
   private send(m: CodecRequest, transfer: ArrayBuffer[] = []): void {
@@ -371,5 +373,29 @@ export class DecodeToFile extends CodecStream {
   }
 
   /** The worker checked the bytes before it answered the end: nothing is left to check here. */
+  protected finished(): void {}
+}
+
+/**
+ * Checks stored artifact bytes against `spec` and decompresses them in a
+ * codec worker that sends the decoded pieces over `port` (the other end of
+ * a MessageChannel) to another worker, which hands each back and commits
+ * nothing before the verdict that comes last (decoder.ts, DecodedMessage):
+ * decompression gets a core of its own, and the decoded bytes never reach
+ * the event loop. The stream ends once the verdict was sent; on damage it
+ * fails with checksum_mismatch, and the consumer hears the same. Its
+ * readable side carries nothing.
+ */
+export class DecodeToPort extends CodecStream {
+  constructor(spec: DecodeSpec, port: MessagePort) {
+    super({ op: 'open', id: 0, mode: 'decodeTo', spec, port }, false, [port]);
+  }
+
+  protected workerError(message: string, code?: string): Error {
+    if (code && code in ERRORS) return new AppError(code as ErrorCode, message);
+    return new Error(message);
+  }
+
+  /** The worker checked the bytes before it sent the verdict: nothing is left to check here. */
   protected finished(): void {}
 }

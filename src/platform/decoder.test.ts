@@ -105,6 +105,28 @@ describe('verifying decoder', () => {
     assert.ok(largest <= 256 * 1024);
   });
 
+  it('feed() and decodeInto() stop between pieces and go on later, into buffers of any size', () => {
+    const data = sample(2_000_000);
+    const stored = Buffer.concat([zstdCompress(data.subarray(0, 700_000)), zstdCompress(data.subarray(700_000))]);
+    for (const compression of ['zstd', 'none'] as const) {
+      const bytes = compression === 'zstd' ? stored : data;
+      const d = new VerifyingDecoder({ compression, sha256: sha(bytes), size: bytes.length, label });
+      const got: Buffer[] = [];
+      for (let i = 0; i < bytes.length; i += 100_000) {
+        d.feed(bytes.subarray(i, i + 100_000));
+        assert.throws(() => d.feed(Buffer.alloc(1)), /before the previous bytes were decoded/);
+        // One small piece per turn, as a consumer without a free buffer would take them.
+        while (!d.idle) {
+          const out = Buffer.alloc(1000 + (got.length % 7) * 5000);
+          const n = d.decodeInto(out);
+          got.push(out.subarray(0, n));
+        }
+      }
+      assert.ok(Buffer.concat(got).equals(data), compression);
+      d.end();
+    }
+  });
+
   it('refuses a compression it cannot decode synchronously', () => {
     assert.throws(() => new VerifyingDecoder({ compression: 'gzip', sha256: '', size: 0, label }), /cannot decode gzip/);
   });

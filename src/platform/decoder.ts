@@ -36,6 +36,17 @@ export function checkStoredEnd(label: string, expected: { size: number; sha256: 
   if (seen.truncated) throw new AppError('checksum_mismatch', `${label} ends in the middle of a zstd frame; the stored copy is damaged`);
 }
 
+/**
+ * A codec worker's decodeTo stream and its consumer (another worker) talk
+ * over a MessagePort: decoded pieces (transferred), then one verdict on the
+ * stored bytes, last; the consumer hands each piece's buffer back, which is
+ * also the flow control (the codec has a fixed number of pieces out).
+ */
+export type DecodedMessage = { piece: ArrayBuffer; length: number } | { end: true } | { error: string; code?: string };
+export interface DecodedReturn {
+  back: ArrayBuffer;
+}
+
 /** Compressions VerifyingDecoder handles (zlib has no incremental synchronous gunzip). */
 export const SYNC_DECODABLE: readonly Compression[] = ['zstd', 'none'];
 
@@ -48,47 +59,83 @@ const OUT_SIZE = 256 * 1024;
  * bytes were exactly the manifest's. A consumer must commit nothing before
  * end() returned. Memory is one output buffer whatever the ratio: each piece
  * is handed on before the next is made.
+ *
+ * Two ways to drive it: push() decodes a chunk whole into a sink; feed() and
+ * decodeInto() let the caller stop between pieces (when it has no buffer to
+ * decode into, say) and go on later.
  */
 export class VerifyingDecoder {
   private readonly hash: Hash = createHash('sha256');
   private bytes = 0;
   private readonly dctx: InstanceType<typeof binding.DCtx> | null;
-  private readonly out: Buffer | null;
+  private out: Buffer | null = null;
   /** zstd: the last return of decompressStream; 0 once a frame ended cleanly */
   private pending = 0;
   /** skip() was called: the rest is only counted and hashed */
   private skipping = false;
+  /** fed bytes not decoded yet */
+  private input: Buffer = Buffer.alloc(0);
+  /** the fed bytes are all decoded and zstd holds no more output */
+  private drained = true;
 
   constructor(private readonly spec: DecodeSpec) {
     if (!SYNC_DECODABLE.includes(spec.compression)) throw new Error(`VerifyingDecoder cannot decode ${spec.compression}`);
     this.dctx = spec.compression === 'zstd' ? new binding.DCtx() : null;
-    this.out = this.dctx ? Buffer.allocUnsafeSlow(OUT_SIZE) : null;
+  }
+
+  /** Everything fed so far is decoded: the next feed() may come. */
+  get idle(): boolean {
+    return this.drained;
+  }
+
+  /** Takes the next stored bytes (only when idle): counted and hashed now, decoded by decodeInto(). The caller keeps chunk unchanged until idle again. */
+  feed(chunk: Buffer): void {
+    if (!this.drained) throw new Error('VerifyingDecoder: fed before the previous bytes were decoded');
+    this.bytes += chunk.length;
+    if (this.bytes > this.spec.size) throw storedTooLarge(this.spec.label, this.spec.size);
+    this.hash.update(chunk);
+    this.input = chunk;
+    this.drained = chunk.length === 0;
+  }
+
+  /** Decodes fed bytes into out; returns how many it wrote (possibly 0 while not yet idle). */
+  decodeInto(out: Buffer): number {
+    if (this.drained) return 0;
+    if (!this.dctx) {
+      const n = this.input.copy(out);
+      this.input = this.input.subarray(n);
+      this.drained = this.input.length === 0;
+      return n;
+    }
+    let ret: number;
+    let produced: number;
+    let consumed: number;
+    try {
+      [ret, produced, consumed] = this.dctx.decompressStream(out, this.input);
+    } catch (err) {
+      throw storedUndecodable(this.spec.label, 'zstd', err);
+    }
+    this.pending = ret;
+    this.input = this.input.subarray(consumed);
+    // Drained once the input is consumed and zstd holds nothing more: the buffer was not filled, or a frame just ended.
+    this.drained = this.input.length === 0 && (produced < out.length || ret === 0);
+    return produced;
   }
 
   /** Feeds the next stored bytes; `sink` gets each decompressed piece, valid only during its call. */
   push(chunk: Buffer, sink: (piece: Buffer) => void): void {
-    this.bytes += chunk.length;
-    if (this.bytes > this.spec.size) throw storedTooLarge(this.spec.label, this.spec.size);
-    this.hash.update(chunk);
     if (!this.dctx) {
+      this.feed(chunk);
+      this.input = Buffer.alloc(0);
+      this.drained = true;
       sink(chunk);
       return;
     }
-    let input = chunk;
-    for (;;) {
-      let ret: number;
-      let produced: number;
-      let consumed: number;
-      try {
-        [ret, produced, consumed] = this.dctx.decompressStream(this.out!, input);
-      } catch (err) {
-        throw storedUndecodable(this.spec.label, 'zstd', err);
-      }
-      this.pending = ret;
-      input = input.subarray(consumed);
-      if (produced > 0) sink(this.out!.subarray(0, produced));
-      // Done with this chunk once it is consumed and zstd holds nothing more: the buffer was not filled, or a frame just ended.
-      if (input.length === 0 && (produced < this.out!.length || ret === 0)) return;
+    this.feed(chunk);
+    this.out ??= Buffer.allocUnsafeSlow(OUT_SIZE);
+    while (!this.drained) {
+      const n = this.decodeInto(this.out);
+      if (n > 0) sink(this.out.subarray(0, n));
     }
   }
 

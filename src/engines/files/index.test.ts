@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { appendFile, chmod, chown, lchown, lstat, lutimes, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,6 +20,7 @@ import { extractInto, restoreWorkerPool, swapContents } from './restore.ts';
 import { PathFilter } from './select.ts';
 import { summarize, type TreeLine } from './tree.ts';
 import { compressForStorage } from '../../platform/streams.ts';
+import { compress as zstdCompress } from 'zstd-napi';
 
 type TarHeader = Partial<tar.Header> & { name: string };
 
@@ -191,7 +192,17 @@ async function linesOf(dir: string, rel = '', out: TreeLine[] = []): Promise<Tre
 
 /** The input of a restore that gives the archive's first half and then waits, neither ending nor failing (the worker gets full 1 MiB batches only). */
 async function stalling(file: string): Promise<PassThrough> {
-  const data = await readFile(file);
+  return stallingBytes(await readFile(file));
+}
+
+/** A tar file as the service stores it with zstd, and the decode spec its manifest entry gives. */
+async function storedZstd(file: string, label = 'artifact resources/w/files.tar.zst'): Promise<{ stored: Buffer; decode: NonNullable<RestoreRequest['decode']> }> {
+  const stored = zstdCompress(await readFile(file));
+  return { stored, decode: { compression: 'zstd', sha256: createHash('sha256').update(stored).digest('hex'), size: stored.length, label } };
+}
+
+/** The first half of bytes, then nothing: the restore waits for the rest. */
+function stallingBytes(data: Buffer): PassThrough {
   const input = new PassThrough();
   input.write(data.subarray(0, data.length >> 1));
   return input;
@@ -220,7 +231,8 @@ async function statState(dir: string, rel = '', out: Record<string, { mode: numb
 async function manyFiles(dir: string, count: number): Promise<void> {
   for (let d = 0; d * 100 < count; d++) {
     await mkdir(join(dir, `d${d}`), { recursive: true });
-    await Promise.all(Array.from({ length: Math.min(100, count - d * 100) }, (_, f) => writeFile(join(dir, `d${d}`, `f${f}`), `file ${d}/${f}\n`.padEnd(4096, '.'))));
+    // Random hex: a stored zstd copy is about half the tar, so half of it is well over the codec's first batch.
+    await Promise.all(Array.from({ length: Math.min(100, count - d * 100) }, (_, f) => writeFile(join(dir, `d${d}`, `f${f}`), `file ${d}/${f}\n${randomBytes(2048).toString('hex')}`.slice(0, 4096))));
   }
 }
 
@@ -663,6 +675,28 @@ describe('files engine', () => {
         });
       }
     }
+
+    it('from a stored zstd artifact: a sound one fails with unsafe_path once its bytes proved sound, a damaged one with checksum_mismatch', async () => {
+      const out = outside();
+      await mkdir(out, { recursive: true });
+      // The unsafe entry comes first, then enough to decode after it: the refusal is held until the verdict.
+      const file = await hostileTar([{ header: { name: '../escape.txt' }, body: 'x' }, ...Array.from({ length: 200 }, (_, i) => ({ header: { name: `f${i}.txt` }, body: `${i} `.repeat(3000) }))]);
+      const { stored, decode } = await storedZstd(file);
+      const wrong = { ...decode, sha256: createHash('sha256').update('something else').digest('hex') };
+      for (const [spec, code] of [
+        [decode, 'unsafe_path'],
+        [wrong, 'checksum_mismatch'],
+      ] as const) {
+        const base = await freshDir();
+        const target = join(base, 'target');
+        await mkdir(target);
+        await writeFile(join(target, 'keep.txt'), 'keep');
+        await assert.rejects(filesEngine.restore(restoreReq(target, Readable.from(chunksOf(stored, 4096)), {}, { decode: spec })), (e) => isErrorCode(e, code));
+        assert.deepEqual(await readdir(out), []);
+        assert.deepEqual((await readdir(base)).sort(), ['target']);
+        assert.deepEqual(await readdir(target), ['keep.txt']);
+      }
+    });
   });
 
   it('leaves the target untouched when the input fails at its end', async () => {
@@ -913,54 +947,68 @@ describe('files engine', () => {
     }
   });
 
-  it('stops the restore worker promptly on cancellation, and the next restore succeeds', async () => {
-    const src = join(await freshDir(), 'src');
-    await manyFiles(src, 1200);
-    const { file, info } = await dumpToFile(src);
-    const base = await freshDir();
-    const target = join(base, 't');
-    const ac = new AbortController();
-    const p = filesEngine.restore(restoreReq(target, await stalling(file), info.counts, { mode: 'new_target', signal: ac.signal }));
-    p.catch(() => {});
-    // The worker has written part of the tree into staging, and waits for more input.
-    await waitFor('files in staging', async () => {
-      const [staging] = await readdir(base);
-      return staging !== undefined && (await readdir(join(base, staging)).catch(() => [])).length > 2;
+  // A tar comes in batches to the restore worker; a stored zstd artifact goes through a codec worker that sends the decoded pieces to it.
+  for (const kind of ['tar', 'stored zstd'] as const) {
+    /** The restore's input, half of it and then waiting, and its decode spec. */
+    const stalledInput = async (file: string) => {
+      if (kind === 'tar') return { input: await stalling(file), decode: undefined };
+      const { stored, decode } = await storedZstd(file);
+      return { input: stallingBytes(stored), decode };
+    };
+
+    it(`stops the restore worker promptly on cancellation, and the next restore succeeds (${kind})`, async () => {
+      const src = join(await freshDir(), 'src');
+      await manyFiles(src, 1200);
+      const { file, info } = await dumpToFile(src);
+      const base = await freshDir();
+      const target = join(base, 't');
+      const ac = new AbortController();
+      const { input, decode } = await stalledInput(file);
+      const p = filesEngine.restore(restoreReq(target, input, info.counts, { mode: 'new_target', signal: ac.signal, decode }));
+      p.catch(() => {});
+      // The worker has written part of the tree into staging, and waits for more input.
+      await waitFor('files in staging', async () => {
+        const [staging] = await readdir(base);
+        return staging !== undefined && (await readdir(join(base, staging)).catch(() => [])).length > 2;
+      });
+      const t0 = Date.now();
+      ac.abort();
+      await assert.rejects(p, (e) => isErrorCode(e, 'cancelled'));
+      // Well within the grace before the worker would be terminated: it stopped by itself.
+      assert.ok(Date.now() - t0 < 3000, `cancel took ${Date.now() - t0} ms`);
+      assert.deepEqual(await readdir(base), []);
+
+      // The counts' tree_sha256 covers every path and content.
+      const again = kind === 'tar' ? { input: file, decode: undefined } : await storedZstd(file).then((z) => ({ input: Readable.from([z.stored]), decode: z.decode }));
+      const r = await filesEngine.restore(restoreReq(target, again.input, info.counts, { mode: 'new_target', decode: again.decode }));
+      assert.deepEqual(compareCounts(info.counts, r.counts), []);
     });
-    const t0 = Date.now();
-    ac.abort();
-    await assert.rejects(p, (e) => isErrorCode(e, 'cancelled'));
-    // Well within the grace before the worker would be terminated: it stopped by itself.
-    assert.ok(Date.now() - t0 < 3000, `cancel took ${Date.now() - t0} ms`);
-    assert.deepEqual(await readdir(base), []);
 
-    // The counts' tree_sha256 covers every path and content.
-    const r = await filesEngine.restore(restoreReq(target, file, info.counts, { mode: 'new_target' }));
-    assert.deepEqual(compareCounts(info.counts, r.counts), []);
-  });
+    it(`fails with an AppError when the restore worker dies, and the next restore gets a new worker (${kind})`, async () => {
+      const src = join(await freshDir(), 'src');
+      await manyFiles(src, 1200);
+      const { file, info } = await dumpToFile(src);
+      const base = await freshDir();
+      const target = join(base, 't');
+      const { input, decode } = await stalledInput(file);
+      const p = filesEngine.restore(restoreReq(target, input, info.counts, { mode: 'new_target', decode }));
+      p.catch(() => {});
+      await waitFor('files in staging', async () => {
+        const [staging] = await readdir(base);
+        return staging !== undefined && (await readdir(join(base, staging)).catch(() => [])).length > 2;
+      });
+      const started = restoreWorkerPool.started;
+      await restoreWorkerPool.terminateAll();
+      await assert.rejects(p, (e) => isErrorCode(e, 'engine_failed') && /restore worker stopped/.test(e.message));
+      assert.deepEqual(await readdir(base), []);
 
-  it('fails with an AppError when the restore worker dies, and the next restore gets a new worker', async () => {
-    const src = join(await freshDir(), 'src');
-    await manyFiles(src, 1200);
-    const { file, info } = await dumpToFile(src);
-    const base = await freshDir();
-    const target = join(base, 't');
-    const p = filesEngine.restore(restoreReq(target, await stalling(file), info.counts, { mode: 'new_target' }));
-    p.catch(() => {});
-    await waitFor('files in staging', async () => {
-      const [staging] = await readdir(base);
-      return staging !== undefined && (await readdir(join(base, staging)).catch(() => [])).length > 2;
+      // The counts' tree_sha256 covers every path and content.
+      const again = kind === 'tar' ? { input: file, decode: undefined } : await storedZstd(file).then((z) => ({ input: Readable.from([z.stored]), decode: z.decode }));
+      const r = await filesEngine.restore(restoreReq(target, again.input, info.counts, { mode: 'new_target', decode: again.decode }));
+      assert.deepEqual(compareCounts(info.counts, r.counts), []);
+      assert.equal(restoreWorkerPool.started, started + 1);
     });
-    const started = restoreWorkerPool.started;
-    await restoreWorkerPool.terminateAll();
-    await assert.rejects(p, (e) => isErrorCode(e, 'engine_failed') && /restore worker stopped/.test(e.message));
-    assert.deepEqual(await readdir(base), []);
-
-    // The counts' tree_sha256 covers every path and content.
-    const r = await filesEngine.restore(restoreReq(target, file, info.counts, { mode: 'new_target' }));
-    assert.deepEqual(compareCounts(info.counts, r.counts), []);
-    assert.equal(restoreWorkerPool.started, started + 1);
-  });
+  }
 
   describe('restores modes, owners and mtimes exactly', () => {
     const T = new Date('2019-05-06T07:08:09Z');

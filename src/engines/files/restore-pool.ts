@@ -1,24 +1,39 @@
 // Runs a restore's extraction (extract-sync.ts) in a worker thread. The main
-// thread only copies the input into batches and passes them on: the file
-// system calls are synchronous there, which for many small files costs a
-// fraction of async calls through libuv's thread pool, and the event loop
-// stays free.
+// thread only passes the input on: the file system calls are synchronous
+// there, which for many small files costs a fraction of async calls through
+// libuv's thread pool, and the event loop stays free. A stored zstd artifact
+// goes to a codec worker, which checks and decompresses it and sends the
+// pieces straight to the restore worker (codec.ts DecodeToPort); anything
+// else is copied into batches for the restore worker itself.
 //
 // Workers are long-lived and reused (starting one costs far more than a
 // small restore); an idle one does not keep the process alive and exits
 // after IDLE_MS. Backpressure: at most IN_FLIGHT batches are in the worker.
 // A job settles only once its worker has stopped touching staging (it
 // answered, or exited), so the caller may remove staging right after.
-import type { Readable } from 'node:stream';
-import type { Worker } from 'node:worker_threads';
+import { type Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../../errors/index.ts';
+import { DecodeToPort } from '../../platform/codec.ts';
 import { noteBufferBytes } from '../../platform/gc.ts';
 import { startModuleWorker } from '../../platform/workers.ts';
 import type { DecodeSpec } from '../../platform/decoder.ts';
 import type { ExtractResult } from './extract-sync.ts';
 
 export type PoolRequest =
-  | { op: 'start'; id: number; staging: string; digestVersion: 1 | 2; keepList: boolean; stop: SharedArrayBuffer; decode?: DecodeSpec }
+  | {
+      op: 'start';
+      id: number;
+      staging: string;
+      digestVersion: 1 | 2;
+      keepList: boolean;
+      stop: SharedArrayBuffer;
+      /** the batches are the stored artifact, which the worker checks and decompresses itself */
+      decode?: DecodeSpec;
+      /** no batches: a codec worker sends the decoded artifact on this port (codec.ts DecodeToPort) */
+      decoded?: MessagePort;
+    }
   | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
   | { op: 'end'; id: number }
   | { op: 'abort'; id: number };
@@ -78,7 +93,7 @@ class Job {
     this.done.catch(() => {}); // awaited by the caller, maybe only after the input ends
   }
 
-  post(m: PoolRequest, transfer: ArrayBuffer[] = []): void {
+  post(m: PoolRequest, transfer: (ArrayBuffer | MessagePort)[] = []): void {
     if (!this.settled) this.slot.worker.postMessage(m, transfer);
   }
 
@@ -185,8 +200,10 @@ function release(slot: Slot): void {
  * with the input's own error when it errors (even at its very end: the
  * worker is then told to stop and nothing is finished), with cancelled on
  * abort, and with the worker's error otherwise. With `decode`, input is the
- * stored artifact, which the worker checks and decompresses itself
- * (checksum_mismatch from the worker when it is damaged).
+ * stored artifact (checksum_mismatch when it is damaged): zstd is checked
+ * and decompressed by a codec worker that sends the pieces straight to the
+ * restore worker, so the two share the cores; uncompressed bytes are checked
+ * by the restore worker itself.
  */
 export async function extractInWorker(
   staging: string,
@@ -197,7 +214,15 @@ export async function extractInWorker(
   decode?: DecodeSpec,
 ): Promise<ExtractResult> {
   if (signal.aborted) throw new AppError('cancelled');
-  const slot = acquire();
+  const channel = decode?.compression === 'zstd' ? new MessageChannel() : null;
+  const decoding = channel ? new DecodeToPort(decode!, channel.port1) : null;
+  let slot: Slot;
+  try {
+    slot = acquire();
+  } catch (err) {
+    decoding?.destroy();
+    throw err;
+  }
   const job = new Job(slot);
   slot.job = job;
   // While it runs a job, the worker keeps the process alive, as the job's promise would.
@@ -208,16 +233,32 @@ export async function extractInWorker(
     job.stop(new AppError('cancelled'), flag);
     kill = setTimeout(() => void slot.worker.terminate(), CANCEL_GRACE_MS);
   };
-  // A job that ends while the input is still awaited stops the reading.
+  // A job that ends while the input is still awaited stops the reading (and the decoding).
   job.onSettle = () => {
     clearTimeout(kill);
     signal.removeEventListener('abort', onAbort);
     if (!input.readableEnded) input.destroy();
+    if (decoding && !decoding.writableFinished) decoding.destroy();
     if (slot.job === job) release(slot);
   };
   signal.addEventListener('abort', onAbort, { once: true });
-  job.post({ op: 'start', id: job.id, staging, digestVersion, keepList, stop: flag.buffer as SharedArrayBuffer, ...(decode ? { decode } : {}) });
+  const start: PoolRequest = { op: 'start', id: job.id, staging, digestVersion, keepList, stop: flag.buffer as SharedArrayBuffer };
+  if (channel) job.post({ ...start, decoded: channel.port2 }, [channel.port2]);
+  else job.post(decode ? { ...start, decode } : start);
 
+  try {
+    // Its readable side carries nothing, but must be read for the stream to end.
+    if (decoding) await pipeline(input, decoding, new Writable({ write: (_c, _e, cb) => cb() }));
+    else await sendBatches(job, input);
+  } catch (err) {
+    // The input failed (a checksum at its end, say): nothing may be finished.
+    job.stop(err, flag);
+  }
+  return job.done;
+}
+
+/** Copies input into batches for the worker, as far as it has room, then tells it the end. */
+async function sendBatches(job: Job, input: Readable): Promise<void> {
   let batch: Buffer | null = null;
   let used = 0;
   const send = () => {
@@ -227,28 +268,22 @@ export async function extractInWorker(
     batch = null;
     used = 0;
   };
-  try {
-    for await (const chunk of input as AsyncIterable<Buffer>) {
-      // The chunk (a file's or a socket's buffer) is dead once copied below.
-      noteBufferBytes(chunk.length);
-      for (let off = 0; off < chunk.length && !job.settled; ) {
-        if (!batch) {
-          await job.room();
-          if (job.settled) break;
-          batch = job.take();
-        }
-        const n = chunk.copy(batch, used, off);
-        used += n;
-        off += n;
-        if (used === BATCH) send();
+  for await (const chunk of input as AsyncIterable<Buffer>) {
+    // The chunk (a file's or a socket's buffer) is dead once copied below.
+    noteBufferBytes(chunk.length);
+    for (let off = 0; off < chunk.length && !job.settled; ) {
+      if (!batch) {
+        await job.room();
+        if (job.settled) break;
+        batch = job.take();
       }
-      if (job.settled) break;
+      const n = chunk.copy(batch, used, off);
+      used += n;
+      off += n;
+      if (used === BATCH) send();
     }
-    send();
-    job.post({ op: 'end', id: job.id });
-  } catch (err) {
-    // The input failed (a checksum at its end, say): nothing may be finished.
-    job.stop(err, flag);
+    if (job.settled) break;
   }
-  return job.done;
+  send();
+  job.post({ op: 'end', id: job.id });
 }

@@ -2,9 +2,9 @@
 // fed in batches; each batch is answered with its buffer (for reuse), the end
 // with the result, any failure with the error as plain data. Messages of a
 // job that already ended are dropped.
-import { parentPort } from 'node:worker_threads';
-import { isAppError } from '../../errors/index.ts';
-import { VerifyingDecoder } from '../../platform/decoder.ts';
+import { type MessagePort, parentPort } from 'node:worker_threads';
+import { AppError, ERRORS, type ErrorCode, isAppError } from '../../errors/index.ts';
+import { type DecodedMessage, type DecodedReturn, VerifyingDecoder } from '../../platform/decoder.ts';
 import { Extractor } from './extract-sync.ts';
 import type { PoolReply, PoolRequest } from './restore-pool.ts';
 
@@ -15,6 +15,8 @@ interface Job {
   ex: Extractor;
   /** with a decode spec the batches are the stored artifact: checked and decompressed here, straight into the extractor */
   decoder: VerifyingDecoder | null;
+  /** or a codec worker checks and decompresses it and sends the pieces here, the verdict last */
+  decoded: MessagePort | null;
   /**
    * The extraction failed while the stored bytes were not all checked yet:
    * damage decompresses to garbage that fails the tar parse before the
@@ -32,9 +34,23 @@ function post(m: PoolReply, transfer: ArrayBuffer[] = []): void {
 
 function fail(id: number, err: unknown): void {
   job?.ex.close();
+  job?.decoded?.close();
   job = null;
   if (isAppError(err)) post({ op: 'error', id, code: err.code, message: err.message, details: err.details });
   else post({ op: 'error', id, message: err instanceof Error ? err.message : String(err), errno: (err as NodeJS.ErrnoException)?.code });
+}
+
+/** Extracts decoded bytes; a failure is held until the stored bytes' verdict (see Job.held). */
+function extract(j: Job, piece: Buffer): void {
+  if (j.held) return;
+  try {
+    j.ex.push(piece);
+  } catch (err) {
+    // A cancel is not a doubt about the artifact.
+    if (isAppError(err) && err.code === 'cancelled') throw err;
+    j.held = { err };
+    j.ex.close();
+  }
 }
 
 function take(j: Job, batch: Buffer): void {
@@ -47,24 +63,43 @@ function take(j: Job, batch: Buffer): void {
     decoder.skip(batch);
     return;
   }
-  decoder.push(batch, (piece) => {
-    if (j.held) return;
-    try {
-      ex.push(piece);
-    } catch (err) {
-      // A cancel is not a doubt about the artifact.
-      if (isAppError(err) && err.code === 'cancelled') throw err;
-      j.held = { err };
-      ex.close();
+  decoder.push(batch, (piece) => extract(j, piece));
+}
+
+/** Finishes the job once its stored bytes proved sound: the held failure, if any, else the extraction's result. */
+function finish(j: Job): void {
+  if (j.held) throw j.held.err;
+  const result = j.ex.finish();
+  j.decoded?.close();
+  job = null;
+  post({ op: 'done', id: j.id, result });
+}
+
+/** A message from the codec worker that decodes this job's artifact. */
+function onDecoded(j: Job, m: DecodedMessage): void {
+  if (job !== j) return;
+  try {
+    if ('piece' in m) {
+      extract(j, Buffer.from(m.piece, 0, m.length));
+      j.decoded!.postMessage({ back: m.piece } satisfies DecodedReturn, [m.piece]);
+    } else if ('end' in m) {
+      finish(j);
+    } else {
+      throw m.code && m.code in ERRORS ? new AppError(m.code as ErrorCode, m.error) : new Error(m.error);
     }
-  });
+  } catch (err) {
+    fail(j.id, err);
+  }
 }
 
 port.on('message', (m: PoolRequest) => {
   if (m.op === 'start') {
     try {
       const ex = new Extractor(m.staging, m.digestVersion, m.keepList, new Int32Array(m.stop));
-      job = { id: m.id, ex, decoder: m.decode ? new VerifyingDecoder(m.decode) : null };
+      const decoded = m.decoded ?? null;
+      const j: Job = { id: m.id, ex, decoder: m.decode && !decoded ? new VerifyingDecoder(m.decode) : null, decoded };
+      job = j;
+      decoded?.on('message', (d: DecodedMessage) => onDecoded(j, d));
     } catch (err) {
       fail(m.id, err);
     }
@@ -78,10 +113,7 @@ port.on('message', (m: PoolRequest) => {
     } else if (m.op === 'end') {
       // The stored bytes are checked before anything is finished: a damaged artifact fails here, staging unfinished.
       job.decoder?.end();
-      if (job.held) throw job.held.err;
-      const result = job.ex.finish();
-      job = null;
-      post({ op: 'done', id: m.id, result });
+      finish(job);
     } else {
       fail(m.id, new Error('aborted'));
     }
