@@ -19,24 +19,39 @@
 // a fresh directory, trees are removed at the end, and before each files
 // restore this guard waits out the window after any tree that was removed
 // all the same.
-import { rm } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { sh } from './sh.ts';
 
 /** ext4's longest window (60 s + 300 s while the inode-table block is dirty), and a margin. */
 export const RECENT_DELETE_MS = 370_000;
 
-let lastRemovalAt = 0;
+/**
+ * When the last tree was removed, by this process or an earlier bench
+ * script (one bench's final clean-up must not land in the next one's
+ * restores). A removal made by hand is not known: wait 6 minutes after it.
+ */
+const MARK = join(tmpdir(), 'backvault-bench-last-removal');
 
 /** Removes a tree (if it is there) and notes when, for awaitDeletionsAged. */
 export async function removeTree(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true });
-  lastRemovalAt = Date.now();
+  await writeFile(MARK, String(Date.now()));
+}
+
+async function lastRemovalAt(): Promise<number> {
+  try {
+    return Number(await readFile(MARK, 'utf8')) || 0;
+  } catch {
+    return 0;
+  }
 }
 
 /** Syncs, then waits until the last removeTree is older than ext4's recently-deleted window; returns the ms waited. */
 export async function awaitDeletionsAged(): Promise<number> {
   await sh('sync');
-  const wait = Math.max(0, lastRemovalAt + RECENT_DELETE_MS - Date.now());
+  const wait = Math.max(0, (await lastRemovalAt()) + RECENT_DELETE_MS - Date.now());
   if (wait > 0) await new Promise((r) => setTimeout(r, wait));
   return wait;
 }
