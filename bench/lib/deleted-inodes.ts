@@ -19,7 +19,7 @@
 // a fresh directory, trees are removed at the end, and before each files
 // restore this guard waits out the window after any tree that was removed
 // all the same.
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sh } from './sh.ts';
@@ -36,8 +36,12 @@ const MARK = join(tmpdir(), 'backvault-bench-last-removal');
 
 /** Removes a tree (if it is there) and notes when, for awaitDeletionsAged. */
 export async function removeTree(path: string): Promise<void> {
+  const existed = await stat(path).then(
+    () => true,
+    () => false,
+  );
   await rm(path, { recursive: true, force: true });
-  await writeFile(MARK, String(Date.now()));
+  if (existed) await writeFile(MARK, String(Date.now()));
 }
 
 async function lastRemovalAt(): Promise<number> {
