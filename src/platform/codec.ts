@@ -354,26 +354,33 @@ export class VerifiedPassThrough extends CodecStream {
 }
 
 /**
+ * A stream whose worker checks the stored bytes itself (decoder.ts): its
+ * errors carry their catalog code (checksum_mismatch for damage), and the
+ * worker answers the end only after the check passed, so nothing is left
+ * to check here. Its readable side carries nothing.
+ */
+abstract class CheckedInWorker extends CodecStream {
+  protected workerError(message: string, code?: string): Error {
+    if (code && code in ERRORS) return new AppError(code as ErrorCode, message);
+    return new Error(message);
+  }
+
+  protected finished(): void {}
+}
+
+/**
  * Checks stored artifact bytes against `spec` and decompresses them straight
  * into a new file at `path`, in a codec worker: the decompressed bytes never
  * reach the event loop, and the worker's writes overlap the reading. For an
  * engine that spools its input to a file (pg_restore -j needs a seekable
  * one). The stream ends only once the bytes proved whole and the file is
  * closed; on any error it fails (checksum_mismatch for damage) and the
- * caller removes the file. Its readable side carries nothing.
+ * caller removes the file.
  */
-export class DecodeToFile extends CodecStream {
+export class DecodeToFile extends CheckedInWorker {
   constructor(spec: DecodeSpec, path: string) {
     super({ op: 'open', id: 0, mode: 'decodeFile', spec, path });
   }
-
-  protected workerError(message: string, code?: string): Error {
-    if (code && code in ERRORS) return new AppError(code as ErrorCode, message);
-    return new Error(message);
-  }
-
-  /** The worker checked the bytes before it answered the end: nothing is left to check here. */
-  protected finished(): void {}
 }
 
 /**
@@ -383,19 +390,10 @@ export class DecodeToFile extends CodecStream {
  * nothing before the verdict that comes last (decoder.ts, DecodedMessage):
  * decompression gets a core of its own, and the decoded bytes never reach
  * the event loop. The stream ends once the verdict was sent; on damage it
- * fails with checksum_mismatch, and the consumer hears the same. Its
- * readable side carries nothing.
+ * fails with checksum_mismatch, and the consumer hears the same.
  */
-export class DecodeToPort extends CodecStream {
+export class DecodeToPort extends CheckedInWorker {
   constructor(spec: DecodeSpec, port: MessagePort) {
     super({ op: 'open', id: 0, mode: 'decodeTo', spec, port }, false, [port]);
   }
-
-  protected workerError(message: string, code?: string): Error {
-    if (code && code in ERRORS) return new AppError(code as ErrorCode, message);
-    return new Error(message);
-  }
-
-  /** The worker checked the bytes before it sent the verdict: nothing is left to check here. */
-  protected finished(): void {}
 }

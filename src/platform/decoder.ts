@@ -1,8 +1,10 @@
 // Checking stored artifact bytes against their manifest entry, in one place:
 // the checks and messages that every reader of an artifact uses (the codec
-// worker's streams, codec.ts), and a synchronous verifying decoder for a
-// worker thread that parses what it decodes (the files restore worker), so
-// the decompressed bytes never cross a thread.
+// worker's streams, codec.ts), and a synchronous verifying decoder for the
+// worker threads that decode where the bytes are used: a codec worker
+// decoding into a file or to another worker's port, and the files restore
+// worker checking an uncompressed artifact it parses. The decompressed bytes
+// never reach the event loop.
 import { createHash, type Hash } from 'node:crypto';
 import binding from 'zstd-napi/binding.js';
 import type { Compression } from '../domain/types.ts';

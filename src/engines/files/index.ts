@@ -247,7 +247,7 @@ async function scratchTarget(_resource: ResourceSpec, workDir: string): Promise<
 export const filesEngine: Engine = {
   type: 'files',
   formatVersion: FORMAT_VERSION,
-  // The restore worker checks and decompresses the stored tar itself: the decompressed bytes never cross a thread.
+  // The stored tar is checked where it is used: zstd by a codec worker that sends the pieces straight to the restore worker, an uncompressed one by the restore worker itself (restore-pool.ts); no byte of it reaches the event loop.
   decodes: SYNC_DECODABLE,
   checkConnection(connection: string, options: Record<string, unknown>): void {
     checkPath(connection);
