@@ -26,8 +26,17 @@ import { type DecodedMessage, type DecodedReturn, VerifyingDecoder } from './dec
 
 const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 
-/** Output buffers are filled up to this size before they travel to the main thread. */
-const OUT_SIZE = 256 * 1024;
+/**
+ * Output buffers are filled up to this size before they travel to the main
+ * thread, which cannot give them back (they fan out to every destination).
+ * Under the server's MALLOC_MMAP_THRESHOLD_ (128 KiB), malloc serves them
+ * from memory freed before, already mapped; a larger buffer is a fresh
+ * mapping, faulted in page by page, and that costs more than the copy into it:
+ * bench/output-buffers.ts compressed a 538 MB tar in 2.0 s into one kept
+ * buffer, 2.1 s copied out into fresh 64 or 120 KiB buffers, 2.8 s into
+ * fresh 256 KiB ones and 3.0 s into a fresh buffer per frame.
+ */
+const OUT_SIZE = 120 * 1024;
 /** The most output one request produces before it waits for the main thread to pull. */
 const OUT_BUDGET = 1024 * 1024;
 /**
@@ -69,9 +78,8 @@ interface Stream {
   /** compress: the segment being filled, and how much of it is */
   segment?: Buffer;
   segmentUsed: number;
-  /** compress: where frames are written, and the part of the last one not sent yet */
+  /** compress: where each frame is written before it is copied out */
   frames?: Buffer;
-  unsent: Buffer;
   /** compress: at least one frame was written */
   framed: boolean;
   /** the main thread sent end: once everything is sent, the reply carries the end */
@@ -99,11 +107,20 @@ const keep = <T>(list: T[], item: T | undefined) => {
 
 /** Input batches finished during the current request, sent back for the main thread to fill again. */
 let finishedInput: ArrayBuffer[] = [];
+/** Lent input (codec.ts sendLoan) finished during the current request, for the main thread to give back to its lender. */
+let finishedLoans: ArrayBuffer[] = [];
+/** The memory of lent input batches now in a queue. */
+const loaned = new WeakSet<ArrayBuffer>();
 function inputDone(input: Buffer): void {
-  finishedInput.push(input.buffer as ArrayBuffer);
+  const buffer = input.buffer as ArrayBuffer;
+  if (loaned.delete(buffer)) finishedLoans.push(buffer);
+  else finishedInput.push(buffer);
 }
 
 function release(s: Stream): void {
+  // Input not consumed goes back too: a lent batch to its lender.
+  for (const input of s.queue) inputDone(input);
+  s.queue = [];
   closeFile(s);
   s.to?.close();
   s.to = undefined;
@@ -112,7 +129,6 @@ function release(s: Stream): void {
   keep(spareSegments, s.segment);
   keep(spareFrames, s.frames);
   s.cctx = s.dctx = s.segment = s.frames = undefined;
-  s.unsent = EMPTY;
 }
 
 class Output {
@@ -137,16 +153,14 @@ class Output {
     s.outBytes += n;
   }
 
-  /** Copies from `src` until it is empty or the budget is spent; returns the bytes taken. */
-  copy(src: Buffer, s: Stream): number {
-    let taken = 0;
-    while (taken < src.length && this.total < OUT_BUDGET) {
+  /** Copies all of src, whatever the budget. */
+  copyAll(src: Buffer, s: Stream): void {
+    for (let taken = 0; taken < src.length; ) {
       const space = this.space();
-      const n = src.copy(space, 0, taken, taken + Math.min(space.length, OUT_BUDGET - this.total));
+      const n = src.copy(space, 0, taken);
       this.wrote(n, s);
       taken += n;
     }
-    return taken;
   }
 
   private rotate(): void {
@@ -161,44 +175,62 @@ class Output {
   }
 }
 
-/** Compresses the filled part of the segment into one frame, hashed, waiting in `unsent`. */
-function compressSegment(s: Stream): void {
-  s.frames ??= spareFrames.pop() ?? Buffer.allocUnsafeSlow(FRAME_ROOM);
-  let input = s.segment ? s.segment.subarray(0, s.segmentUsed) : EMPTY;
+/** Compresses the filled part of the segment into one frame. */
+function compressSegment(s: Stream): Buffer {
+  const frame = compressFrame(s, s.segment ? s.segment.subarray(0, s.segmentUsed) : EMPTY);
+  s.segmentUsed = 0;
+  return frame;
+}
+
+/** Compresses input (at most SEGMENT bytes) into one frame, hashed; valid until the next frame. */
+function compressFrame(s: Stream, input: Buffer): Buffer {
+  const frame = (s.frames ??= spareFrames.pop() ?? Buffer.allocUnsafeSlow(FRAME_ROOM));
   let used = 0;
   for (;;) {
-    const [ret, produced, consumed] = s.cctx!.compressStream2(s.frames.subarray(used), input, EndDirective.end);
+    const [ret, produced, consumed] = s.cctx!.compressStream2(frame.subarray(used), input, EndDirective.end);
     used += produced;
     input = input.subarray(consumed);
     if (ret === 0) break;
-    if (used === s.frames.length) throw new Error('a compressed segment did not fit its buffer');
+    if (used === frame.length) throw new Error('a compressed segment did not fit its buffer');
   }
-  s.unsent = s.frames.subarray(0, used);
-  s.hash.update(s.unsent);
-  s.segmentUsed = 0;
+  s.hash.update(frame.subarray(0, used));
   s.framed = true;
+  return frame.subarray(0, used);
 }
 
 /**
- * Moves queued input into segments, compressing each when full, and sends
- * frames until the input is consumed or the output holds OUT_BUDGET bytes;
- * returns how many batches it finished.
+ * Moves queued input into segments and compresses each when full, until the
+ * input is consumed; returns how many batches it finished since its last
+ * interim reply. Each frame goes to the main thread as soon as it is made,
+ * while the next one compresses. The input in flight (codec.ts) bounds the
+ * output a request makes: no more than about as many bytes.
  */
 function compressWork(s: Stream, out: Output): number {
   let finished = 0;
-  for (;;) {
-    if (s.unsent.length > 0) {
-      s.unsent = s.unsent.subarray(out.copy(s.unsent, s));
-      if (s.unsent.length > 0) return finished;
+  const sendFrame = (frame: Buffer) => {
+    out.copyAll(frame, s);
+    if (s.queue.length > 0) {
+      interim(s, out, finished);
+      finished = 0;
     }
+  };
+  for (;;) {
     const input = s.queue[0];
     if (!input) {
-      // The end can arrive before the last frame was all sent (every batch
-      // was consumed, so the main thread sent it): the rest of the segment
-      // (or, for empty input, an empty frame) goes out once that is sent.
+      // The rest of the segment (for empty input, an empty frame) once the main thread sent the end.
       if (!s.ending || s.closed) return finished;
       s.closed = true;
-      if (s.segmentUsed > 0 || !s.framed) compressSegment(s);
+      if (s.segmentUsed > 0 || !s.framed) out.copyAll(compressSegment(s), s);
+      return finished;
+    }
+    // A lent batch (a files dump's, SEGMENT bytes but the last) meeting an
+    // empty segment is compressed where it is, as the segment would have
+    // been: the same frames, without copying 4 MiB.
+    if (s.segmentUsed === 0 && input.byteOffset === 0 && input.length <= SEGMENT && loaned.has(input.buffer as ArrayBuffer)) {
+      const frame = compressFrame(s, input);
+      inputDone(s.queue.shift()!);
+      finished++;
+      sendFrame(frame);
       continue;
     }
     s.segment ??= spareSegments.pop() ?? Buffer.allocUnsafeSlow(SEGMENT);
@@ -210,7 +242,7 @@ function compressWork(s: Stream, out: Output): number {
     } else {
       s.queue[0] = input.subarray(n);
     }
-    if (s.segmentUsed === SEGMENT) compressSegment(s);
+    if (s.segmentUsed === SEGMENT) sendFrame(compressSegment(s));
   }
 }
 
@@ -338,7 +370,7 @@ function work(s: Stream, out: Output): number {
 }
 
 function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
-  const s: Stream = { id: m.id, mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, pending: 0, queue: [], segmentUsed: 0, unsent: EMPTY, framed: false, ending: false, closed: false };
+  const s: Stream = { id: m.id, mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, pending: 0, queue: [], segmentUsed: 0, framed: false, ending: false, closed: false };
   if (m.mode === 'compress') {
     const spare = spareCCtx.pop();
     // A kept context starts over with default parameters, as a new one would.
@@ -380,6 +412,7 @@ function handle(m: CodecRequest): CodecReply | undefined {
   if (!s) return undefined; // closed by the main thread meanwhile
   if (m.op === 'data') {
     const input = Buffer.from(m.buffer, 0, m.length);
+    if (m.loan) loaned.add(m.buffer);
     s.inBytes += m.length;
     if (s.mode === 'decompress') s.hash.update(input);
     s.queue.push(input);
@@ -394,8 +427,7 @@ function handle(m: CodecRequest): CodecReply | undefined {
 /** The reply after some work on s: its output, the batches it finished, and its end once nothing is left. */
 function finishReply(s: Stream, out: Output, consumed: number): CodecReply {
   out.finish();
-  const more =
-    s.queue.length > 0 || s.unsent.length > 0 || (s.mode === 'compress' && s.ending && !s.closed);
+  const more = s.queue.length > 0 || (s.mode === 'compress' && s.ending && !s.closed);
   // decodeTo goes on by itself as pieces come back; the main thread never pulls.
   const pullable = more && s.mode !== 'decodeTo';
   const reply: CodecReply = { id: s.id, buffers: out.buffers, lengths: out.lengths, consumed, more: pullable };
@@ -428,14 +460,28 @@ function answer(id: number, run: () => CodecReply | undefined): void {
     }
     reply = { id, buffers: [], lengths: [], consumed: 0, more: false, error: err instanceof Error ? err.message : String(err), ...(isAppError(err) ? { code: err.code } : {}) };
   }
+  post(id, reply);
+}
+
+/** A reply in the middle of a request's work: the output and finished batches so far go now. */
+function interim(s: Stream, out: Output, consumed: number): void {
+  out.finish();
+  post(s.id, { id: s.id, buffers: out.buffers.splice(0), lengths: out.lengths.splice(0), consumed, more: false });
+}
+
+/** Posts reply (if any) with the input finished since the last post. */
+function post(id: number, reply: CodecReply | undefined): void {
   // Finished input goes back even with an error or no reply (after close), so none is left to the garbage collector.
   const returned = finishedInput;
+  const loans = finishedLoans;
   finishedInput = [];
+  finishedLoans = [];
   if (reply) {
     reply.returned = returned;
-    port.postMessage(reply, [...reply.buffers, ...returned]);
-  } else if (returned.length > 0) {
-    port.postMessage({ id, buffers: [], lengths: [], consumed: 0, more: false, returned, orphan: true } satisfies CodecReply, returned);
+    reply.loans = loans;
+    port.postMessage(reply, [...reply.buffers, ...returned, ...loans]);
+  } else if (returned.length > 0 || loans.length > 0) {
+    port.postMessage({ id, buffers: [], lengths: [], consumed: 0, more: false, returned, loans, orphan: true } satisfies CodecReply, [...returned, ...loans]);
   }
 }
 

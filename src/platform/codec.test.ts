@@ -9,6 +9,7 @@ import { AppError, isErrorCode } from '../errors/index.ts';
 import { MessageChannel } from 'node:worker_threads';
 import { DecodeToPort, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
 import type { DecodedMessage } from './decoder.ts';
+import { lend } from './recycle.ts';
 import { decompressor } from './streams.ts';
 
 /** Text-like data that compresses a few times, in chunks of varied size. */
@@ -64,6 +65,42 @@ describe('codec worker streams', () => {
       assert.deepEqual(await collect(chunks(stored), decompressor('zstd', 'artifact')), data);
       assert.deepEqual(await collect(chunks(stored), new VerifiedZstdDecompress(z.sha256, z.bytes, 'artifact')), data);
     }
+  });
+
+  it('compresses lent segments in place into the same frames as copied input, and gives each back once to its lender', async () => {
+    const data = Buffer.concat([sample(9_000_000, 9), randomBytes(2_000_000)]);
+    const copied = new ZstdCompressHash(3);
+    const expected = await collect(chunks(data), copied);
+    // A files dump's batches: 4 MiB (the worker's segment), the last shorter; each a fresh buffer of its own, lent.
+    const SEG = 4 * 1024 * 1024;
+    const given: ArrayBuffer[] = [];
+    const lentChunks: Buffer[] = [];
+    for (let i = 0; i < data.length; i += SEG) {
+      const own = Buffer.allocUnsafeSlow(SEG);
+      const n = data.copy(own, 0, i, i + SEG);
+      lentChunks.push(lend(own.subarray(0, n), (b) => given.push(b)));
+    }
+    const z = new ZstdCompressHash(3);
+    const stored = await collect(Readable.from(lentChunks), z);
+    assert.ok(stored.equals(expected), 'the same bytes as compressing copies');
+    assert.equal(z.sha256, copied.sha256);
+    assert.equal(given.length, lentChunks.length, 'every lent batch came back');
+    assert.ok(given.every((b) => b.byteLength === SEG));
+    // Taken, not copied: the sender's views were detached.
+    assert.ok(lentChunks.every((c) => c.length === 0 || c.buffer.byteLength === 0));
+  });
+
+  it('copies lent chunks it cannot take whole, and gives none of them back', async () => {
+    const data = sample(6_000_000, 11);
+    const given: ArrayBuffer[] = [];
+    const own = Buffer.from(data);
+    lend(own, (b) => given.push(b));
+    // Split before it reaches the stage: neither part is the whole loan.
+    const z = new ZstdCompressHash(3);
+    const stored = await collect(Readable.from([own.subarray(0, 1000), own.subarray(1000)]), z);
+    assert.deepEqual(zstdDecompress(stored), data);
+    assert.equal(given.length, 0);
+    assert.equal(own.length, data.length, 'still attached');
   });
 
   it('compresses an empty stream into a valid empty frame', async () => {

@@ -7,20 +7,25 @@
 // inside native code for zstd's thread whenever its buffers are full, and the
 // whole event loop (API requests included) waits with them; without, the
 // compression and both hash passes take the main thread's CPU. Here the main
-// thread only copies bytes into 512 KiB batches and passes them on.
+// thread only copies bytes into 512 KiB batches and passes them on (or, for
+// a files dump's 4 MiB batches, passes them on without a copy: see adopt in
+// recycle.ts).
 //
-// Backpressure: at most MAX_IN_FLIGHT batches of a stream are in the worker,
-// each request makes at most 1 MiB of output (the worker keeps the rest of
-// its input, or of a compressed 4 MiB segment, until pulled), and neither new input nor a pull goes out while
-// the readable side is over its high-water mark: memory per stream stays
-// bounded whatever the speed of either end or the compression ratio.
+// Backpressure: at most MAX_IN_FLIGHT batches (or MAX_LOANS_IN_FLIGHT adopted
+// ones) of a stream are in the worker, and neither new input nor a pull goes
+// out while the readable side is over its high-water mark. A decompressing
+// request makes at most 1 MiB of output (the worker keeps the rest of its
+// input until pulled: a few KB of hostile zstd can expand to gigabytes); a
+// compressing one sends each frame as it is made, no more bytes than the
+// input in flight. Memory per stream stays bounded whatever the speed of
+// either end or the compression ratio.
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { MessagePort, Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../errors/index.ts';
 import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
 import { noteBufferBytes } from './gc.ts';
-import { recycled } from './recycle.ts';
+import { adopt, recycled } from './recycle.ts';
 import { startModuleWorker } from './workers.ts';
 
 export type CodecRequest =
@@ -29,7 +34,8 @@ export type CodecRequest =
   | { op: 'open'; id: number; mode: 'hash' }
   | { op: 'open'; id: number; mode: 'decodeFile'; spec: DecodeSpec; path: string }
   | { op: 'open'; id: number; mode: 'decodeTo'; spec: DecodeSpec; port: MessagePort }
-  | { op: 'data'; id: number; buffer: ArrayBuffer; length: number }
+  /** loan: the buffer is a producer's (recycle.ts adopt), compressed in place and handed back in `loans` */
+  | { op: 'data'; id: number; buffer: ArrayBuffer; length: number; loan?: boolean }
   | { op: 'pull'; id: number }
   | { op: 'end'; id: number }
   | { op: 'close'; id: number };
@@ -48,6 +54,8 @@ export interface CodecReply {
   code?: string;
   /** input batches the worker is done with, handed back to be filled again */
   returned?: ArrayBuffer[];
+  /** lent input buffers the worker is done with, in the order they were sent (also counted in consumed) */
+  loans?: ArrayBuffer[];
   /** only returns buffers (of a stream already closed); nothing else in it */
   orphan?: boolean;
 }
@@ -55,6 +63,12 @@ export interface CodecReply {
 const BATCH_BYTES = 512 * 1024;
 /** Batches of a stream in the worker at once: 4 MiB, a whole segment queued while the previous one compresses. */
 const MAX_IN_FLIGHT = 8;
+/**
+ * Adopted chunks (a files dump's 4 MiB batches, each compressed in place as
+ * one frame) in the worker at once: one compressing and the next queued, so
+ * the worker never waits for the main thread between them.
+ */
+const MAX_LOANS_IN_FLIGHT = 2;
 
 interface PoolWorker {
   worker: Worker;
@@ -97,6 +111,8 @@ abstract class CodecStream extends Transform {
   private readonly spare: Buffer[] = [];
   private batchUsed = 0;
   private inFlight = 0;
+  /** adopted chunks in the worker, and the functions that give each back to its lender, oldest first */
+  private readonly loans: ((buffer: ArrayBuffer) => void)[] = [];
   private outputFull = false;
   private waiting: (() => void) | undefined;
   private onEnd: ((err?: Error) => void) | undefined;
@@ -106,12 +122,15 @@ abstract class CodecStream extends Transform {
 
   /**
    * `passes`: the input goes on unchanged (the worker only hashes it) rather
-   * than the worker's output.
+   * than the worker's output. `adopts`: a lent chunk (recycle.ts) goes to
+   * the worker as it is instead of being copied into a batch; only for a
+   * stage that passes nothing on.
    */
   constructor(
     open: CodecRequest,
     private readonly passes = false,
     transfer: MessagePort[] = [],
+    private readonly adopts = false,
   ) {
     super();
     this.home = pickWorker();
@@ -140,6 +159,11 @@ abstract class CodecStream extends Transform {
       return;
     }
     if (this.passes && !this.push(chunk)) this.outputFull = true;
+    if (this.adopts && this.batchUsed === 0 && this.sendLoan(chunk)) {
+      if (this.mayTakeMore()) cb();
+      else this.waiting = () => cb();
+      return;
+    }
     let offset = 0;
     while (offset < chunk.length) {
       this.batch ??= this.spare.pop() ?? Buffer.allocUnsafeSlow(BATCH_BYTES);
@@ -154,6 +178,16 @@ abstract class CodecStream extends Transform {
     if (this.passes || !recycled(chunk)) noteBufferBytes(chunk.length);
     if (this.mayTakeMore()) cb();
     else this.waiting = () => cb();
+  }
+
+  /** Sends a lent chunk's memory to the worker as it is (recycle.ts adopt); false for any other chunk. */
+  private sendLoan(chunk: Buffer): boolean {
+    const giveBack = adopt(chunk);
+    if (!giveBack) return false;
+    this.loans.push(giveBack);
+    const buffer = chunk.buffer as ArrayBuffer;
+    this.send({ op: 'data', id: this.id, buffer, length: chunk.length, loan: true }, [buffer]);
+    return true;
   }
 
   override _flush(cb: TransformCallback): void {
@@ -174,7 +208,7 @@ abstract class CodecStream extends Transform {
   }
 
   private mayTakeMore(): boolean {
-    return this.inFlight < MAX_IN_FLIGHT && !this.outputFull;
+    return this.inFlight < MAX_IN_FLIGHT && this.loans.length < MAX_LOANS_IN_FLIGHT && !this.outputFull;
   }
 
   /** Asks for more output, takes more input, or ends, as far as the consumer keeps up. */
@@ -189,7 +223,7 @@ abstract class CodecStream extends Transform {
       this.waiting = undefined;
       w();
     }
-    if (this.onEnd && !this.endSent && this.inFlight === 0 && !this.pullWanted) {
+    if (this.onEnd && !this.endSent && this.inFlight === 0 && this.loans.length === 0 && !this.pullWanted) {
       this.endSent = true;
       this.send({ op: 'end', id: this.id });
     }
@@ -206,6 +240,8 @@ abstract class CodecStream extends Transform {
 
   reply(m: CodecReply): void {
     for (const b of m.returned ?? []) if (this.spare.length < MAX_IN_FLIGHT) this.spare.push(Buffer.from(b));
+    // Back to the lender even after an error or close: the worker finished them, in order.
+    for (const b of m.loans ?? []) this.loans.shift()?.(b);
     if (this.destroyed || m.orphan) return;
     if (m.error !== undefined) {
       this.close();
@@ -228,7 +264,7 @@ abstract class CodecStream extends Transform {
       cb(problem);
       return;
     }
-    this.inFlight -= m.consumed;
+    this.inFlight -= m.consumed - (m.loans?.length ?? 0);
     if (m.more) this.pullWanted = true;
     this.pump();
   }
@@ -250,7 +286,7 @@ export class ZstdCompressHash extends CodecStream {
   private hex: string | undefined;
 
   constructor(level = 3) {
-    super({ op: 'open', id: 0, mode: 'compress', level });
+    super({ op: 'open', id: 0, mode: 'compress', level }, false, [], true);
   }
 
   protected workerError(message: string): Error {

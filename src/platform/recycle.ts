@@ -11,7 +11,10 @@
 // this thread, so a stage may call recycled() only for a chunk it has copied
 // and that no one else received: never for a chunk it also pushes on
 // (a pass-through), and only when its input is not shared with another
-// consumer. A chunk that was never lent is ignored.
+// consumer. A chunk that was never lent is ignored. The same holds for
+// adopt(), by which such a stage takes the memory itself instead of copying
+// it (the codec transfers a files dump batch to its worker and compresses it
+// there in place) and gives it back later.
 
 const lent = new WeakMap<ArrayBuffer, { length: number; giveBack: (buffer: ArrayBuffer) => void }>();
 
@@ -28,10 +31,22 @@ export function lend(chunk: Buffer, giveBack: (buffer: ArrayBuffer) => void): Bu
  * Returns whether it did.
  */
 export function recycled(chunk: Buffer): boolean {
+  const giveBack = adopt(chunk);
+  giveBack?.(chunk.buffer as ArrayBuffer);
+  return giveBack !== undefined;
+}
+
+/**
+ * The caller takes chunk's memory (it may transfer it to another thread)
+ * and holds the only reference to it: if it is a lent chunk, whole, returns
+ * the function that gives its ArrayBuffer (or the one it was transferred
+ * into and back) to the lender, to be called once the caller is done;
+ * undefined otherwise, and the caller must copy instead.
+ */
+export function adopt(chunk: Buffer): ((buffer: ArrayBuffer) => void) | undefined {
   const buffer = chunk.buffer as ArrayBuffer;
   const loan = lent.get(buffer);
-  if (!loan || chunk.byteOffset !== 0 || chunk.length !== loan.length) return false;
+  if (!loan || chunk.byteOffset !== 0 || chunk.length !== loan.length) return undefined;
   lent.delete(buffer);
-  loan.giveBack(buffer);
-  return true;
+  return loan.giveBack;
 }

@@ -15,7 +15,8 @@ before(async () => {
   root = await mkdtemp(join(tmpdir(), 'bv-dump-pack-'));
   for (let d = 0; d < 4; d++) {
     await mkdir(join(root, `d${d}`));
-    for (let i = 0; i < 60; i++) await writeFile(join(root, `d${d}`, `f${i}`), Buffer.alloc(9000 + i, d + i));
+    // 15 MB in all: several batches (BATCH, 4 MiB) go out while the walk is under way.
+    for (let i = 0; i < 60; i++) await writeFile(join(root, `d${d}`, `f${i}`), Buffer.alloc(64_000 + i, d + i));
   }
 });
 after(async () => {

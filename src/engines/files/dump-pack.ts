@@ -18,8 +18,12 @@ import { type EncodeHeader, tarHeaders } from './tar-headers.ts';
 import { TreeDigest, type TreeLine } from './tree.ts';
 import { type WalkEntry, walkSync } from './walk-sync.ts';
 
-/** Bytes per batch sent to the main thread. */
-export const BATCH = 256 * 1024;
+/**
+ * Bytes per batch sent to the main thread: the codec's segment (codec-worker.ts),
+ * so the compressing stage takes each batch as it is, as one zstd frame, instead
+ * of copying it into a segment (codec.ts adopt).
+ */
+export const BATCH = 4 * 1024 * 1024;
 /** Files up to this size are read whole with one read call. */
 const SMALL = 1024 * 1024;
 /**

@@ -32,11 +32,11 @@ import { CANCEL, CELLS, CREDIT, type DumpReply, type DumpRequest } from './dump-
 import type { PathFilter } from './select.ts';
 
 /**
- * Batches (dump-pack.ts BATCH, 256 KiB) a worker may send before the stream
- * takes them: 2 MiB, so the dump goes on while the codec compresses a
- * 4 MiB segment instead of taking turns with it.
+ * Batches (dump-pack.ts BATCH, 4 MiB) a worker may send before the stream
+ * takes them: the dump goes on while the codec compresses the batch before
+ * instead of taking turns with it.
  */
-const CREDIT_BATCHES = 8;
+const CREDIT_BATCHES = 2;
 /** The stream's buffer; a batch pushed past it waits for the consumer to give its credit back. */
 const HIGH_WATER = 512 * 1024;
 // Idle workers kept, and for how long: each costs about 10 MiB of the server's memory (its own V8 heap).
@@ -81,6 +81,8 @@ export const filesDumpPool = {
   /** Terminates every worker, idle or busy (a busy one's dump fails as after a crash); resolves once they have exited. */
   async terminateAll(): Promise<void> {
     const all = [...slots];
+    // Held until they exit: one that waits on its consumer is unref'd, and the exit is all this waits for.
+    for (const s of all) s.worker.ref();
     const exits = all.map((s) => new Promise((resolve) => s.worker.once('exit', resolve)));
     for (const s of all) retire(s);
     await Promise.all(exits);

@@ -793,7 +793,8 @@ describe('files engine', () => {
     for (const change of ['grow', 'shrink'] as const) {
       const src = await freshDir();
       const big = join(src, 'growing.log');
-      await writeFile(big, Buffer.alloc(4 * 1024 * 1024, 1));
+      // Larger than the batches the dump may send ahead (dump.ts CREDIT_BATCHES of dump-pack.ts BATCH): it is still being read when it changes.
+      await writeFile(big, Buffer.alloc(32 * 1024 * 1024, 1));
       const out = await filesEngine.dump({ resource: resource(src), selection: null, exclude: [], useReplica: false, workDir: join(root, 'work'), signal: never });
       // Read a little, so the file is being packed, then change it.
       const it = out.stream[Symbol.asyncIterator]();
