@@ -1,5 +1,5 @@
 // The codec worker thread (see codec.ts): zstd compression with a sha256 of
-// the output, zstd decompression with a sha256 of the input, and sha256 alone
+// the output, zstd decompression checked against its manifest entry (decoder.ts), and sha256 alone
 // (gzip and uncompressed artifacts), for any number of interleaved streams.
 // Messages for one stream arrive and are answered in order.
 //
@@ -22,21 +22,27 @@ import { type MessagePort, parentPort } from 'node:worker_threads';
 import binding from 'zstd-napi/binding.js';
 import { isAppError } from '../errors/index.ts';
 import type { CodecReply, CodecRequest } from './codec.ts';
-import { type DecodedMessage, type DecodedReturn, VerifyingDecoder } from './decoder.ts';
+import { type DecodedMessage, type DecodedReturn, type DecodeSpec, VerifyingDecoder } from './decoder.ts';
 
 const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 
 /**
  * Output buffers are filled up to this size before they travel to the main
  * thread, which cannot give them back (they fan out to every destination).
- * Under the server's MALLOC_MMAP_THRESHOLD_ (128 KiB), malloc serves them
- * from memory freed before, already mapped; a larger buffer is a fresh
- * mapping, faulted in page by page, and that costs more than the copy into it:
- * bench/output-buffers.ts compressed a 538 MB tar in 2.0 s into one kept
- * buffer, 2.1 s copied out into fresh 64 or 120 KiB buffers, 2.8 s into
- * fresh 256 KiB ones and 3.0 s into a fresh buffer per frame.
+ * Compressed output: under the server's MALLOC_MMAP_THRESHOLD_ (128 KiB),
+ * malloc serves them from memory freed before, already mapped; a larger
+ * buffer is a fresh mapping, faulted in page by page, and that costs more
+ * than the copy into it: bench/output-buffers.ts compressed a 538 MB tar in
+ * 2.0 s into one kept buffer, 2.1 s copied out into fresh 64 or 120 KiB
+ * buffers, 2.8 s into fresh 256 KiB ones and 3.0 s into a fresh buffer per
+ * frame. Decompressed output stays above the threshold: it is three times
+ * the bytes, and the arenas keep what they served (ad hoc, a 538 MB tar
+ * decompressed three times left the process at 129 MiB idle with 120 KiB
+ * outputs, 97 MiB with 256 KiB ones; compressed twice, 117 against 104),
+ * while a restore's time goes to the database, not to these page faults.
  */
-const OUT_SIZE = 120 * 1024;
+const COMPRESSED_OUT = 120 * 1024;
+const DECOMPRESSED_OUT = 256 * 1024;
 /** The most output one request produces before it waits for the main thread to pull. */
 const OUT_BUDGET = 1024 * 1024;
 /**
@@ -56,23 +62,21 @@ const EMPTY = Buffer.alloc(0);
 interface Stream {
   id: number;
   mode: 'compress' | 'decompress' | 'hash' | 'decodeFile' | 'decodeTo';
-  /** decodeFile, decodeTo: the stored bytes' checker and decompressor */
+  /** decompress, decodeFile, decodeTo: the stored bytes' checker and decompressor */
   decoder?: VerifyingDecoder;
   /** decodeFile: the file it writes to (-1 once closed) */
   fd?: number;
-  /** decodeTo: where the pieces go, the buffers handed back, how many are out, the batch being decoded, and whether the verdict went */
+  /** decompress, decodeTo: the batch the decoder is working through */
+  feeding?: Buffer;
+  /** decodeTo: where the pieces go, the buffers handed back, how many are out, and whether the verdict went */
   to?: MessagePort;
   free?: Buffer[];
   out?: number;
-  feeding?: Buffer;
   verdictSent?: boolean;
   cctx?: InstanceType<typeof CCtx>;
-  dctx?: InstanceType<typeof DCtx>;
   hash: Hash;
   inBytes: number;
   outBytes: number;
-  /** decompress: the last return of decompressStream; 0 once a frame ended cleanly */
-  pending: number;
   /** input batches not consumed yet, in order */
   queue: Buffer[];
   /** compress: the segment being filled, and how much of it is */
@@ -125,16 +129,18 @@ function release(s: Stream): void {
   s.to?.close();
   s.to = undefined;
   keep(spareCCtx, s.cctx);
-  keep(spareDCtx, s.dctx);
+  keep(spareDCtx, s.decoder?.context ?? undefined);
   keep(spareSegments, s.segment);
   keep(spareFrames, s.frames);
-  s.cctx = s.dctx = s.segment = s.frames = undefined;
+  s.cctx = s.decoder = s.segment = s.frames = undefined;
 }
 
 class Output {
+  constructor(private readonly size = DECOMPRESSED_OUT) {}
+
   readonly buffers: ArrayBuffer[] = [];
   readonly lengths: number[] = [];
-  /** made when first needed: most requests of a decompression or hash stream write nothing here */
+  /** made when first needed: a hash, decodeFile or decodeTo stream writes nothing here */
   private current: Buffer | undefined;
   private used = 0;
   /** bytes written so far */
@@ -143,7 +149,7 @@ class Output {
   /** The free part of the current buffer, a fresh one when it is full. */
   space(): Buffer {
     if (this.current && this.used === this.current.length) this.rotate();
-    this.current ??= Buffer.allocUnsafeSlow(OUT_SIZE);
+    this.current ??= Buffer.allocUnsafeSlow(this.size);
     return this.current.subarray(this.used);
   }
 
@@ -247,27 +253,32 @@ function compressWork(s: Stream, out: Output): number {
 }
 
 /**
- * Works through the stream's queued decompression input until it is consumed
- * or the output holds OUT_BUDGET bytes, and returns how many batches it
- * finished. The budget bounds memory whatever the ratio: a few KB of hostile
- * zstd can expand to gigabytes.
+ * Checks and decompresses queued batches (decoder.ts) until they are
+ * consumed or the output holds OUT_BUDGET bytes, and returns how many
+ * batches it finished. The budget bounds memory whatever the ratio: a few KB
+ * of hostile zstd can expand to gigabytes. After the last batch, the
+ * decoder's end() throws checksum_mismatch unless the stored bytes were
+ * exactly the manifest's, so the main thread hears of the end only then.
  */
 function decompressWork(s: Stream, out: Output): number {
+  const decoder = s.decoder!;
   let finished = 0;
-  while (s.queue.length > 0 && out.total < OUT_BUDGET) {
-    const input = s.queue[0]!;
-    const space = out.space();
-    const [ret, produced, consumed] = s.dctx!.decompressStream(space, input);
-    out.wrote(produced, s);
-    s.queue[0] = input.subarray(consumed);
-    s.pending = ret;
-    // Done once the input is consumed and zstd holds no more output: the
-    // call did not fill the buffer, or the frame just ended.
-    if (consumed === input.length && (produced < space.length || ret === 0)) {
-      inputDone(s.queue.shift()!);
+  while (out.total < OUT_BUDGET) {
+    if (s.feeding && decoder.idle) {
+      inputDone(s.feeding);
+      s.feeding = undefined;
       finished++;
     }
+    if (!s.feeding) {
+      const next = s.queue.shift();
+      if (!next) break;
+      decoder.feed(next);
+      s.feeding = next;
+      continue;
+    }
+    out.wrote(decoder.decodeInto(out.space()), s);
   }
+  if (s.ending && !s.feeding && s.queue.length === 0) decoder.end();
   return finished;
 }
 
@@ -369,8 +380,16 @@ function work(s: Stream, out: Output): number {
   return n;
 }
 
+/** A kept zstd context for a decoder of spec, reset to defaults as a new one would start; undefined when there is none or it needs none. */
+function spareContext(spec: DecodeSpec): InstanceType<typeof DCtx> | undefined {
+  if (spec.compression !== 'zstd') return undefined;
+  const spare = spareDCtx.pop();
+  spare?.reset(ResetDirective.sessionAndParameters);
+  return spare;
+}
+
 function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
-  const s: Stream = { id: m.id, mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, pending: 0, queue: [], segmentUsed: 0, framed: false, ending: false, closed: false };
+  const s: Stream = { id: m.id, mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, queue: [], segmentUsed: 0, framed: false, ending: false, closed: false };
   if (m.mode === 'compress') {
     const spare = spareCCtx.pop();
     // A kept context starts over with default parameters, as a new one would.
@@ -379,15 +398,13 @@ function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
     s.cctx.setParameter(CParameter.compressionLevel, m.level);
     s.cctx.setParameter(CParameter.checksumFlag, 1);
   } else if (m.mode === 'decompress') {
-    const spare = spareDCtx.pop();
-    spare?.reset(ResetDirective.sessionAndParameters);
-    s.dctx = spare ?? new DCtx();
+    s.decoder = new VerifyingDecoder(m.spec, spareContext(m.spec));
   } else if (m.mode === 'decodeFile') {
-    s.decoder = new VerifyingDecoder(m.spec);
+    s.decoder = new VerifyingDecoder(m.spec, spareContext(m.spec));
     // A new file only, private to its owner; the caller removes it whatever happens.
     s.fd = openSync(m.path, 'wx', 0o600);
   } else if (m.mode === 'decodeTo') {
-    s.decoder = new VerifyingDecoder(m.spec);
+    s.decoder = new VerifyingDecoder(m.spec, spareContext(m.spec));
     s.to = m.port;
     s.free = [];
     s.out = 0;
@@ -414,12 +431,11 @@ function handle(m: CodecRequest): CodecReply | undefined {
     const input = Buffer.from(m.buffer, 0, m.length);
     if (m.loan) loaned.add(m.buffer);
     s.inBytes += m.length;
-    if (s.mode === 'decompress') s.hash.update(input);
     s.queue.push(input);
   } else if (m.op === 'end') {
     s.ending = true;
   }
-  const out = new Output();
+  const out = new Output(s.mode === 'compress' ? COMPRESSED_OUT : DECOMPRESSED_OUT);
   const consumed = work(s, out);
   return finishReply(s, out, consumed);
 }
@@ -427,7 +443,7 @@ function handle(m: CodecRequest): CodecReply | undefined {
 /** The reply after some work on s: its output, the batches it finished, and its end once nothing is left. */
 function finishReply(s: Stream, out: Output, consumed: number): CodecReply {
   out.finish();
-  const more = s.queue.length > 0 || (s.mode === 'compress' && s.ending && !s.closed);
+  const more = s.queue.length > 0 || (s.mode === 'decompress' && s.feeding !== undefined) || (s.mode === 'compress' && s.ending && !s.closed);
   // decodeTo goes on by itself as pieces come back; the main thread never pulls.
   const pullable = more && s.mode !== 'decodeTo';
   const reply: CodecReply = { id: s.id, buffers: out.buffers, lengths: out.lengths, consumed, more: pullable };
@@ -435,7 +451,7 @@ function finishReply(s: Stream, out: Output, consumed: number): CodecReply {
   if (done) {
     streams.delete(s.id);
     release(s);
-    reply.end = { sha256: s.hash.digest('hex'), inBytes: s.inBytes, outBytes: s.outBytes, truncated: s.mode === 'decompress' && s.pending !== 0 };
+    reply.end = { sha256: s.hash.digest('hex'), inBytes: s.inBytes, outBytes: s.outBytes };
   }
   return reply;
 }

@@ -23,14 +23,14 @@ import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { MessagePort, Worker } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode } from '../errors/index.ts';
-import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
+import { checkStoredEnd, storedTooLarge, type DecodeSpec } from './decoder.ts';
 import { noteBufferBytes } from './gc.ts';
 import { adopt, recycled } from './recycle.ts';
 import { startModuleWorker } from './workers.ts';
 
 export type CodecRequest =
   | { op: 'open'; id: number; mode: 'compress'; level: number }
-  | { op: 'open'; id: number; mode: 'decompress' }
+  | { op: 'open'; id: number; mode: 'decompress'; spec: DecodeSpec }
   | { op: 'open'; id: number; mode: 'hash' }
   | { op: 'open'; id: number; mode: 'decodeFile'; spec: DecodeSpec; path: string }
   | { op: 'open'; id: number; mode: 'decodeTo'; spec: DecodeSpec; port: MessagePort }
@@ -48,7 +48,8 @@ export interface CodecReply {
   consumed: number;
   /** input is left in the worker: pull when there is room for more output */
   more: boolean;
-  end?: { sha256: string; inBytes: number; outBytes: number; truncated: boolean };
+  /** sha256: of the output (compress) or the input (hash); a decoding stream's worker checked its input itself */
+  end?: { sha256: string; inBytes: number; outBytes: number };
   error?: string;
   /** the error's catalog code, when it had one (checksum_mismatch from a decodeFile stream) */
   code?: string;
@@ -304,37 +305,6 @@ export class ZstdCompressHash extends CodecStream {
   }
 }
 
-/**
- * zstd decompression of stored bytes that must have `expectedSize` bytes and
- * sha256 `expectedSha256`; the stream errors with checksum_mismatch (naming
- * `label`) otherwise, so a consumer that commits only after a clean end never
- * commits damaged data.
- */
-export class VerifiedZstdDecompress extends CodecStream {
-  private seen = 0;
-
-  constructor(
-    private readonly expectedSha256: string,
-    private readonly expectedSize: number,
-    private readonly label: string,
-  ) {
-    super({ op: 'open', id: 0, mode: 'decompress' });
-  }
-
-  protected override counted(bytes: number): void {
-    this.seen += bytes;
-    if (this.seen > this.expectedSize) this.destroy(storedTooLarge(this.label, this.expectedSize));
-  }
-
-  protected workerError(message: string): Error {
-    return storedUndecodable(this.label, 'zstd', new Error(message));
-  }
-
-  protected finished(end: NonNullable<CodecReply['end']>): void {
-    checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: end.inBytes, sha256: end.sha256, truncated: end.truncated });
-  }
-}
-
 /** The size and sha256 of the bytes that pass through, computed in a codec worker. */
 export class Sha256PassThrough extends CodecStream {
   bytes = 0;
@@ -393,7 +363,7 @@ export class VerifiedPassThrough extends CodecStream {
  * A stream whose worker checks the stored bytes itself (decoder.ts): its
  * errors carry their catalog code (checksum_mismatch for damage), and the
  * worker answers the end only after the check passed, so nothing is left
- * to check here. Its readable side carries nothing.
+ * to check here.
  */
 abstract class CheckedInWorker extends CodecStream {
   protected workerError(message: string, code?: string): Error {
@@ -402,6 +372,31 @@ abstract class CheckedInWorker extends CodecStream {
   }
 
   protected finished(): void {}
+}
+
+/**
+ * zstd decompression of stored bytes that must have `expectedSize` bytes and
+ * sha256 `expectedSha256`; the stream errors with checksum_mismatch (naming
+ * `label`) otherwise, at the latest at its end, so a consumer that commits
+ * only after a clean end never commits damaged data. The worker checks them
+ * as it decodes (decoder.ts VerifyingDecoder), as every other zstd reader does.
+ */
+export class VerifiedZstdDecompress extends CheckedInWorker {
+  private seen = 0;
+
+  constructor(
+    expectedSha256: string,
+    private readonly expectedSize: number,
+    private readonly label: string,
+  ) {
+    super({ op: 'open', id: 0, mode: 'decompress', spec: { compression: 'zstd', sha256: expectedSha256, size: expectedSize, label } });
+  }
+
+  // Refused here already, so no more of it is sent to the worker.
+  protected override counted(bytes: number): void {
+    this.seen += bytes;
+    if (this.seen > this.expectedSize) this.destroy(storedTooLarge(this.label, this.expectedSize));
+  }
 }
 
 /**

@@ -80,9 +80,18 @@ export class VerifyingDecoder {
   /** the fed bytes are all decoded and zstd holds no more output */
   private drained = true;
 
-  constructor(private readonly spec: DecodeSpec) {
+  /** `dctx`: a zstd context to use (reset to defaults) instead of a new one, for a caller that keeps them; see context. */
+  constructor(
+    private readonly spec: DecodeSpec,
+    dctx?: InstanceType<typeof binding.DCtx>,
+  ) {
     if (!SYNC_DECODABLE.includes(spec.compression)) throw new Error(`VerifyingDecoder cannot decode ${spec.compression}`);
-    this.dctx = spec.compression === 'zstd' ? new binding.DCtx() : null;
+    this.dctx = spec.compression === 'zstd' ? (dctx ?? new binding.DCtx()) : null;
+  }
+
+  /** The zstd context (null for uncompressed bytes), for the caller to keep once this decoder is done with. */
+  get context(): InstanceType<typeof binding.DCtx> | null {
+    return this.dctx;
   }
 
   /** Everything fed so far is decoded: the next feed() may come. */
