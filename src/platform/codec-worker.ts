@@ -264,22 +264,33 @@ function decompressWork(s: Stream, out: Output): number {
   const decoder = s.decoder!;
   let finished = 0;
   while (out.total < OUT_BUDGET) {
-    if (s.feeding && decoder.idle) {
-      inputDone(s.feeding);
-      s.feeding = undefined;
-      finished++;
-    }
-    if (!s.feeding) {
-      const next = s.queue.shift();
-      if (!next) break;
-      decoder.feed(next);
-      s.feeding = next;
-      continue;
-    }
+    finished += feedDecoder(s);
+    if (!s.feeding) break;
     out.wrote(decoder.decodeInto(out.space()), s);
   }
   if (s.ending && !s.feeding && s.queue.length === 0) decoder.end();
   return finished;
+}
+
+/**
+ * decompress, decodeTo: finishes the batch the decoder is done with and
+ * feeds it the next queued one, until it has bytes to decode (s.feeding) or
+ * the queue is empty; returns how many batches it finished.
+ */
+function feedDecoder(s: Stream): number {
+  let finished = 0;
+  for (;;) {
+    if (s.feeding && s.decoder!.idle) {
+      inputDone(s.feeding);
+      s.feeding = undefined;
+      finished++;
+    }
+    if (s.feeding) return finished;
+    const next = s.queue.shift();
+    if (!next) return finished;
+    s.decoder!.feed(next);
+    s.feeding = next;
+  }
 }
 
 /** Closes a decodeFile stream's file once; a failing close (a write that did not land) throws. */
@@ -320,18 +331,8 @@ function decodeToWork(s: Stream): number {
   const to = s.to!;
   let finished = 0;
   for (;;) {
-    if (s.feeding && decoder.idle) {
-      inputDone(s.feeding);
-      s.feeding = undefined;
-      finished++;
-    }
-    if (!s.feeding) {
-      const next = s.queue.shift();
-      if (!next) break;
-      decoder.feed(next);
-      s.feeding = next;
-      continue;
-    }
+    finished += feedDecoder(s);
+    if (!s.feeding) break;
     const piece = s.free!.pop() ?? (s.out! < PIECES ? Buffer.allocUnsafeSlow(PIECE_SIZE) : undefined);
     // All pieces are out: the consumer's next hand-back resumes this.
     if (!piece) break;

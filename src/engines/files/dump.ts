@@ -24,6 +24,7 @@ import { resolve as resolvePath } from 'node:path';
 import { Readable } from 'node:stream';
 import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import { AppError, type ErrorCode, ERRORS } from '../../errors/index.ts';
+import { noteBufferBytes } from '../../platform/gc.ts';
 import { lend } from '../../platform/recycle.ts';
 import { startModuleWorker } from '../../platform/workers.ts';
 import type { DumpInfo } from '../engine.ts';
@@ -216,7 +217,11 @@ class DumpRun {
    */
   private lent(buffer: ArrayBuffer, length: number): Buffer {
     const returns = this.slot!.returns;
-    return lend(Buffer.from(buffer, 0, length), (b) => returns.postMessage(b, [b]));
+    return lend(Buffer.from(buffer, 0, length), (b) => {
+      // After the end it would wait in the idle worker's port (4 MiB each) until its next dump: dropped here, for the collector.
+      if (this.done) noteBufferBytes(b.byteLength);
+      else returns.postMessage(b, [b]);
+    });
   }
 
   workerDied(err: Error | undefined, code: number): void {
