@@ -23,6 +23,7 @@ import binding from 'zstd-napi/binding.js';
 import { isAppError } from '../errors/index.ts';
 import type { CodecReply, CodecRequest } from './codec.ts';
 import { type DecodedMessage, type DecodedReturn, type DecodeSpec, VerifyingDecoder } from './decoder.ts';
+import { SpanHasher } from './span-hash.ts';
 
 const { CCtx, DCtx, CParameter, EndDirective, ResetDirective } = binding;
 
@@ -68,11 +69,14 @@ interface Stream {
   fd?: number;
   /** decompress, decodeTo: the batch the decoder is working through */
   feeding?: Buffer;
-  /** decodeTo: where the pieces go, the buffers handed back, how many are out, and whether the verdict went */
+  /** decodeTo: where the pieces go, the buffers handed back, how many are out, whether the stored bytes passed and the verdict went */
   to?: MessagePort;
   free?: Buffer[];
   out?: number;
+  checked?: boolean;
   verdictSent?: boolean;
+  /** decodeTo: hashes what the consumer notes on the pieces it hands back */
+  spans?: SpanHasher;
   cctx?: InstanceType<typeof CCtx>;
   hash: Hash;
   inBytes: number;
@@ -345,20 +349,37 @@ function decodeToWork(s: Stream): number {
     s.out!++;
     to.postMessage({ piece: piece.buffer as ArrayBuffer, length: n } satisfies DecodedMessage, [piece.buffer as ArrayBuffer]);
   }
-  if (s.ending && !s.feeding && s.queue.length === 0 && !s.verdictSent) {
-    s.verdictSent = true;
+  if (s.ending && !s.feeding && s.queue.length === 0 && !s.checked) {
+    s.checked = true;
     // Throws checksum_mismatch on damage: the consumer hears it from the handler's catch, the main thread as the stream's error.
     decoder.end();
+  }
+  // Last, once every piece is back: the consumer's notes on them are hashed and their digests sent.
+  if (s.checked && s.out === 0 && !s.verdictSent) {
+    s.verdictSent = true;
     to.postMessage({ end: true } satisfies DecodedMessage);
   }
   return finished;
 }
 
-/** decodeTo: the consumer handed a piece back; decoding goes on if it waited for one. */
+/** decodeTo: the consumer handed a piece back, maybe with ranges to hash; decoding goes on if it waited for one. */
 function pieceBack(s: Stream, m: DecodedReturn): void {
   s.out!--;
-  if (m.back.byteLength === PIECE_SIZE && s.free!.length < PIECES) s.free!.push(Buffer.from(m.back));
   if (!streams.has(s.id) || s.verdictSent) return;
+  if (m.hash) {
+    let digests: string[];
+    try {
+      digests = s.spans!.apply(Buffer.from(m.back), m.hash);
+    } catch (err) {
+      // Notes that do not fit are a fault of the consumer's: the stream fails, as on any error here.
+      answer(s.id, () => {
+        throw err;
+      });
+      return;
+    }
+    if (digests.length > 0) s.to!.postMessage({ digests } satisfies DecodedMessage);
+  }
+  if (m.back.byteLength === PIECE_SIZE && s.free!.length < PIECES) s.free!.push(Buffer.from(m.back));
   answer(s.id, () => {
     const consumed = decodeToWork(s);
     const reply = finishReply(s, new Output(), consumed);
@@ -409,6 +430,7 @@ function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
     s.to = m.port;
     s.free = [];
     s.out = 0;
+    s.spans = new SpanHasher();
     m.port.on('message', (back: DecodedReturn) => pieceBack(s, back));
   }
   return s;

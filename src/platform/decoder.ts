@@ -41,12 +41,17 @@ export function checkStoredEnd(label: string, expected: { size: number; sha256: 
 /**
  * A codec worker's decodeTo stream and its consumer (another worker) talk
  * over a MessagePort: decoded pieces (transferred), then one verdict on the
- * stored bytes, last; the consumer hands each piece's buffer back, which is
- * also the flow control (the codec has a fixed number of pieces out).
+ * stored bytes, last, once every piece came back; the consumer hands each
+ * piece's buffer back, which is also the flow control (the codec has a fixed
+ * number of pieces out). With a piece the consumer may hand back notes of
+ * byte ranges to hash (span-hash.ts); the digests of the bodies that ended
+ * come back before anything else the codec sends.
  */
-export type DecodedMessage = { piece: ArrayBuffer; length: number } | { end: true } | { error: string; code?: string };
+export type DecodedMessage = { piece: ArrayBuffer; length: number } | { digests: string[] } | { end: true } | { error: string; code?: string };
 export interface DecodedReturn {
   back: ArrayBuffer;
+  /** SpanRecorder notes on this piece */
+  hash?: number[];
 }
 
 /** Compressions VerifyingDecoder handles (zlib has no incremental synchronous gunzip). */

@@ -6,14 +6,17 @@
 // directories (their metadata is applied at the end) and the symlinks
 // (created at the end); a duplicate or misplaced file is found by the file
 // system itself (O_EXCL, lstat). The entry list is kept only when the
-// caller asks (partial overlay), and tree lines only for a v1 digest.
-import { createHash, type Hash } from 'node:crypto';
+// caller asks (partial overlay), and tree lines only for a v1 digest, or
+// while they wait for a file's sha256 computed elsewhere (span-hash.ts: a
+// codec worker that decoded the bytes hashes them), at most a few pieces'
+// worth.
 import { chmodSync, chownSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, futimesSync, lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, rmSync, symlinkSync, utimesSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ObjectCounts } from '../../domain/types.ts';
 import { AppError } from '../../errors/index.ts';
+import { type BodyHashes, LocalHashes } from '../../platform/span-hash.ts';
 import { TarReader, type TarHeader, type TarSink } from './extract-tar.ts';
-import { TreeDigest } from './tree.ts';
+import { TreeDigest, type TreeLine } from './tree.ts';
 
 export interface Extracted {
   rel: string;
@@ -127,7 +130,11 @@ export class Extractor implements TarSink {
   private readonly dirs = new Map<string, Extracted>();
   private readonly links = new Map<string, Extracted>();
   private readonly list: Extracted[] | null;
-  private file: { fd: number; hash: Hash; size: number; meta: Extracted } | null = null;
+  private file: { fd: number; size: number; meta: Extracted } | null = null;
+  /** tree lines in archive order from the first file whose sha256 is still to come (digested() brings them) */
+  private readonly waiting: TreeLine[] = [];
+  /** the file lines among them still without a sha256, in order */
+  private readonly unhashed: Extract<TreeLine, { kind: 'f' }>[] = [];
 
   constructor(
     private readonly staging: string,
@@ -135,6 +142,8 @@ export class Extractor implements TarSink {
     keepList: boolean,
     /** set to 1 by the main thread to cancel */
     private readonly stop: Int32Array,
+    /** where file bodies are hashed: here, or (SpanRecorder) by whoever decoded them */
+    private readonly hashes: BodyHashes = new LocalHashes(),
   ) {
     this.digest = new TreeDigest(digestVersion);
     this.list = keepList ? [] : null;
@@ -147,7 +156,7 @@ export class Extractor implements TarSink {
   }
 
   /** The input ended cleanly: checks the archive's end, creates the symlinks, applies directory metadata. */
-  finish(): ExtractResult {
+  finish(): void {
     this.reader.end();
     this.checkStop();
     const d = this.defaults;
@@ -158,6 +167,28 @@ export class Extractor implements TarSink {
       lutimesSync(abs, e.mtime, e.mtime);
     }
     this.applyDirMeta();
+  }
+
+  /** How many files still wait for their sha256. */
+  get awaitingDigests(): number {
+    return this.unhashed.length;
+  }
+
+  /** The sha256 of the next files whose bodies were hashed elsewhere, in archive order. */
+  digested(digests: readonly string[]): void {
+    if (digests.length > this.unhashed.length) throw new Error(`${digests.length} file digests came for ${this.unhashed.length} files`);
+    for (const d of digests) {
+      if (!/^[0-9a-f]{64}$/.test(d)) throw new Error('a file digest that is not a sha256 came');
+      this.unhashed.shift()!.sha256 = d;
+    }
+    let ready = 0;
+    while (ready < this.waiting.length && !this.isUnhashed(this.waiting[ready]!)) ready++;
+    for (const line of this.waiting.splice(0, ready)) this.digest.add(line);
+  }
+
+  /** What staging holds: after finish(), once no file waits for its digest. */
+  result(): ExtractResult {
+    if (this.unhashed.length > 0) throw new Error(`${this.unhashed.length} files still wait for their sha256`);
     return { counts: this.digest.result(), list: this.list };
   }
 
@@ -222,7 +253,7 @@ export class Extractor implements TarSink {
         if (isCode(err, 'EEXIST')) throw twice();
         throw err;
       }
-      this.file = { fd, hash: createHash('sha256'), size: 0, meta };
+      this.file = { fd, size: 0, meta };
     }
   }
 
@@ -230,7 +261,7 @@ export class Extractor implements TarSink {
     const f = this.file;
     if (!f) return; // the body of an entry that has none on disk
     for (let off = 0; off < chunk.length; ) off += writeSync(f.fd, chunk, off, chunk.length - off);
-    f.hash.update(chunk);
+    this.hashes.update(chunk);
     f.size += chunk.length;
   }
 
@@ -247,13 +278,27 @@ export class Extractor implements TarSink {
     // No fsync per file: the caller flushes the whole file system once at the end.
     this.file = null;
     closeSync(fd);
-    this.digest.add({ kind: 'f', path: meta.rel, size: f.size, sha256: f.hash.digest('hex') });
+    const sha256 = this.hashes.end();
+    const line = { kind: 'f' as const, path: meta.rel, size: f.size, sha256: sha256 ?? '' };
+    if (sha256 === null) this.unhashed.push(line);
+    this.line(line);
     this.list?.push(meta);
   }
 
   private added(meta: Extracted): void {
-    this.digest.add(meta.kind === 'l' ? { kind: 'l', path: meta.rel, target: meta.linkname! } : { kind: 'd', path: meta.rel });
+    this.line(meta.kind === 'l' ? { kind: 'l', path: meta.rel, target: meta.linkname! } : { kind: 'd', path: meta.rel });
     this.list?.push(meta);
+  }
+
+  /** Into the digest now, or behind a line that waits (the digest takes lines in archive order). */
+  private line(line: TreeLine): void {
+    if (this.waiting.length === 0 && !this.isUnhashed(line)) this.digest.add(line);
+    else this.waiting.push(line);
+  }
+
+  /** A file line whose sha256 is still to come ('' until digested() sets it). */
+  private isUnhashed(line: TreeLine): boolean {
+    return line.kind === 'f' && line.sha256 === '';
   }
 
   /** Checks the directories above rel top-down and makes the missing ones (implicit directories). */

@@ -763,6 +763,30 @@ describe('files engine', () => {
     }
   });
 
+  it('gets every file digest right when a stored zstd artifact is decoded by the codec, which hashes what the restore worker wrote', async () => {
+    // Decoded pieces are 1 MiB: files end inside them, span several and sit on their edges, some are empty.
+    const src = join(await freshDir(), 'src');
+    await mkdir(join(src, 'd1/d2'), { recursive: true });
+    const sizes = [0, 1, 700_000, 1_048_576, 3_000_000, 511, 0, 2_097_152 - 512, 65_536];
+    for (const [i, size] of sizes.entries()) await writeFile(join(src, i % 2 ? 'd1' : 'd1/d2', `f${i}`), randomBytes(size));
+    await symlink('d1/f1', join(src, 'link'));
+    const { file, info } = await dumpToFile(src);
+    const { stages, stored } = compressForStorage('zstd');
+    const storedFile = join(await freshDir(), 'files.tar.zst');
+    await pipeline([createReadStream(file), ...stages, createWriteStream(storedFile)]);
+    const decode = { compression: 'zstd' as const, ...stored(), label: 'artifact resources/w/files.tar.zst' };
+    const v1 = summarize(await linesOf(src));
+    for (const [formatVersion, expected] of [
+      [2, info.counts],
+      [1, v1],
+    ] as const) {
+      const target = join(await freshDir(), 't');
+      const r = await filesEngine.restore(restoreReq(target, createReadStream(storedFile), expected, { mode: 'new_target', decode, formatVersion }));
+      assert.deepEqual(compareCounts(expected, r.counts), [], `format ${formatVersion}`);
+      assert.deepEqual(await treeState(target), await treeState(src));
+    }
+  });
+
   it('refuses an artifact that is not a tar archive', async () => {
     const target = join(await freshDir(), 't');
     await mkdir(target);

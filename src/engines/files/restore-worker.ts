@@ -5,6 +5,7 @@
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import { AppError, ERRORS, type ErrorCode, isAppError } from '../../errors/index.ts';
 import { type DecodedMessage, type DecodedReturn, VerifyingDecoder } from '../../platform/decoder.ts';
+import { SpanRecorder } from '../../platform/span-hash.ts';
 import { Extractor } from './extract-sync.ts';
 import type { PoolReply, PoolRequest } from './restore-pool.ts';
 
@@ -15,8 +16,14 @@ interface Job {
   ex: Extractor;
   /** with a decode spec the batches are the stored artifact: checked and decompressed here, straight into the extractor */
   decoder: VerifyingDecoder | null;
-  /** or a codec worker checks and decompresses it and sends the pieces here, the verdict last */
+  /**
+   * or a codec worker checks and decompresses it and sends the pieces here,
+   * the verdict last; it also hashes the file bodies (noted by `spans` as
+   * each piece is extracted) when the piece comes back, and sends the
+   * digests before the verdict
+   */
   decoded: MessagePort | null;
+  spans: SpanRecorder | null;
   /**
    * The extraction failed while the stored bytes were not all checked yet:
    * damage decompresses to garbage that fails the tar parse before the
@@ -69,7 +76,9 @@ function take(j: Job, batch: Buffer): void {
 /** Finishes the job once its stored bytes proved sound: the held failure, if any, else the extraction's result. */
 function finish(j: Job): void {
   if (j.held) throw j.held.err;
-  const result = j.ex.finish();
+  j.ex.finish();
+  // The codec sends the verdict only after every piece came back and was hashed: no digest is missing now.
+  const result = j.ex.result();
   j.decoded?.close();
   job = null;
   post({ op: 'done', id: j.id, result });
@@ -80,8 +89,12 @@ function onDecoded(j: Job, m: DecodedMessage): void {
   if (job !== j) return;
   try {
     if ('piece' in m) {
+      j.spans!.begin(m.piece);
       extract(j, Buffer.from(m.piece, 0, m.length));
-      j.decoded!.postMessage({ back: m.piece } satisfies DecodedReturn, [m.piece]);
+      const hash = j.spans!.take();
+      j.decoded!.postMessage((hash ? { back: m.piece, hash } : { back: m.piece }) satisfies DecodedReturn, [m.piece]);
+    } else if ('digests' in m) {
+      if (!j.held) j.ex.digested(m.digests);
     } else if ('end' in m) {
       finish(j);
     } else {
@@ -95,9 +108,10 @@ function onDecoded(j: Job, m: DecodedMessage): void {
 port.on('message', (m: PoolRequest) => {
   if (m.op === 'start') {
     try {
-      const ex = new Extractor(m.staging, m.digestVersion, m.keepList, new Int32Array(m.stop));
       const decoded = m.decoded ?? null;
-      const j: Job = { id: m.id, ex, decoder: m.decode && !decoded ? new VerifyingDecoder(m.decode) : null, decoded };
+      const spans = decoded ? new SpanRecorder() : null;
+      const ex = new Extractor(m.staging, m.digestVersion, m.keepList, new Int32Array(m.stop), spans ?? undefined);
+      const j: Job = { id: m.id, ex, decoder: m.decode && !decoded ? new VerifyingDecoder(m.decode) : null, decoded, spans };
       job = j;
       decoded?.on('message', (d: DecodedMessage) => onDecoded(j, d));
     } catch (err) {
