@@ -75,8 +75,9 @@ interface Stream {
   out?: number;
   checked?: boolean;
   verdictSent?: boolean;
-  /** decodeTo: hashes what the consumer notes on the pieces it hands back */
+  /** decodeTo: hashes what the consumer notes on the pieces it hands back; the digests ride on the next piece or the verdict */
   spans?: SpanHasher;
+  digests?: string[];
   cctx?: InstanceType<typeof CCtx>;
   hash: Hash;
   inBytes: number;
@@ -347,7 +348,7 @@ function decodeToWork(s: Stream): number {
     }
     s.outBytes += n;
     s.out!++;
-    to.postMessage({ piece: piece.buffer as ArrayBuffer, length: n } satisfies DecodedMessage, [piece.buffer as ArrayBuffer]);
+    to.postMessage({ piece: piece.buffer as ArrayBuffer, length: n, ...takeDigests(s) } satisfies DecodedMessage, [piece.buffer as ArrayBuffer]);
   }
   if (s.ending && !s.feeding && s.queue.length === 0 && !s.checked) {
     s.checked = true;
@@ -357,9 +358,17 @@ function decodeToWork(s: Stream): number {
   // Last, once every piece is back: the consumer's notes on them are hashed and their digests sent.
   if (s.checked && s.out === 0 && !s.verdictSent) {
     s.verdictSent = true;
-    to.postMessage({ end: true } satisfies DecodedMessage);
+    to.postMessage({ end: true, ...takeDigests(s) } satisfies DecodedMessage);
   }
   return finished;
+}
+
+/** The digests made since the last message to the consumer, as a field of the next one (a message costs more than its bytes). */
+function takeDigests(s: Stream): { digests?: string[] } {
+  if (!s.digests || s.digests.length === 0) return {};
+  const digests = s.digests;
+  s.digests = [];
+  return { digests };
 }
 
 /** decodeTo: the consumer handed a piece back, maybe with ranges to hash; decoding goes on if it waited for one. */
@@ -367,9 +376,8 @@ function pieceBack(s: Stream, m: DecodedReturn): void {
   s.out!--;
   if (!streams.has(s.id) || s.verdictSent) return;
   if (m.hash) {
-    let digests: string[];
     try {
-      digests = s.spans!.apply(Buffer.from(m.back), m.hash);
+      s.digests!.push(...s.spans!.apply(Buffer.from(m.back), m.hash));
     } catch (err) {
       // Notes that do not fit are a fault of the consumer's: the stream fails, as on any error here.
       answer(s.id, () => {
@@ -377,7 +385,6 @@ function pieceBack(s: Stream, m: DecodedReturn): void {
       });
       return;
     }
-    if (digests.length > 0) s.to!.postMessage({ digests } satisfies DecodedMessage);
   }
   if (m.back.byteLength === PIECE_SIZE && s.free!.length < PIECES) s.free!.push(Buffer.from(m.back));
   answer(s.id, () => {
@@ -431,6 +438,7 @@ function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
     s.free = [];
     s.out = 0;
     s.spans = new SpanHasher();
+    s.digests = [];
     m.port.on('message', (back: DecodedReturn) => pieceBack(s, back));
   }
   return s;

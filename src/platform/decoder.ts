@@ -45,9 +45,9 @@ export function checkStoredEnd(label: string, expected: { size: number; sha256: 
  * piece's buffer back, which is also the flow control (the codec has a fixed
  * number of pieces out). With a piece the consumer may hand back notes of
  * byte ranges to hash (span-hash.ts); the digests of the bodies that ended
- * come back before anything else the codec sends.
+ * come back, in order, with the next piece or the verdict.
  */
-export type DecodedMessage = { piece: ArrayBuffer; length: number } | { digests: string[] } | { end: true } | { error: string; code?: string };
+export type DecodedMessage = { piece: ArrayBuffer; length: number; digests?: string[] } | { end: true; digests?: string[] } | { error: string; code?: string };
 export interface DecodedReturn {
   back: ArrayBuffer;
   /** SpanRecorder notes on this piece */

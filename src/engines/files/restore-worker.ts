@@ -88,13 +88,13 @@ function finish(j: Job): void {
 function onDecoded(j: Job, m: DecodedMessage): void {
   if (job !== j) return;
   try {
+    // Digests of files extracted from earlier pieces, in order.
+    if ('digests' in m && m.digests && !j.held) j.ex.digested(m.digests);
     if ('piece' in m) {
       j.spans!.begin(m.piece);
       extract(j, Buffer.from(m.piece, 0, m.length));
       const hash = j.spans!.take();
       j.decoded!.postMessage((hash ? { back: m.piece, hash } : { back: m.piece }) satisfies DecodedReturn, [m.piece]);
-    } else if ('digests' in m) {
-      if (!j.held) j.ex.digested(m.digests);
     } else if ('end' in m) {
       finish(j);
     } else {
