@@ -169,11 +169,6 @@ export class Extractor implements TarSink {
     this.applyDirMeta();
   }
 
-  /** How many files still wait for their sha256. */
-  get awaitingDigests(): number {
-    return this.unhashed.length;
-  }
-
   /** The sha256 of the next files whose bodies were hashed elsewhere, in archive order. */
   digested(digests: readonly string[]): void {
     if (digests.length > this.unhashed.length) throw new Error(`${digests.length} file digests came for ${this.unhashed.length} files`);
