@@ -20,7 +20,7 @@ interface Job {
    * or a codec worker checks and decompresses it and sends the pieces here,
    * the verdict last; it also hashes the file bodies (noted by `spans` as
    * each piece is extracted) when the piece comes back, and sends the
-   * digests before the verdict
+   * digests with the next piece or the verdict
    */
   decoded: MessagePort | null;
   spans: SpanRecorder | null;
