@@ -79,7 +79,8 @@ interface Stream {
   spans?: SpanHasher;
   digests?: string[];
   cctx?: InstanceType<typeof CCtx>;
-  hash: Hash;
+  /** compress: of the output; hash: of the input (a decoding stream's decoder hashes its input itself) */
+  hash?: Hash;
   inBytes: number;
   outBytes: number;
   /** input batches not consumed yet, in order */
@@ -204,7 +205,7 @@ function compressFrame(s: Stream, input: Buffer): Buffer {
     if (ret === 0) break;
     if (used === frame.length) throw new Error('a compressed segment did not fit its buffer');
   }
-  s.hash.update(frame.subarray(0, used));
+  s.hash!.update(frame.subarray(0, used));
   s.framed = true;
   return frame.subarray(0, used);
 }
@@ -402,7 +403,7 @@ function work(s: Stream, out: Output): number {
   if (s.mode === 'decodeTo') return decodeToWork(s);
   const n = s.queue.length;
   for (const input of s.queue) {
-    s.hash.update(input);
+    s.hash!.update(input);
     inputDone(input);
   }
   s.queue = [];
@@ -418,7 +419,8 @@ function spareContext(spec: DecodeSpec): InstanceType<typeof DCtx> | undefined {
 }
 
 function open(m: Extract<CodecRequest, { op: 'open' }>): Stream {
-  const s: Stream = { id: m.id, mode: m.mode, hash: createHash('sha256'), inBytes: 0, outBytes: 0, queue: [], segmentUsed: 0, framed: false, ending: false, closed: false };
+  const s: Stream = { id: m.id, mode: m.mode, inBytes: 0, outBytes: 0, queue: [], segmentUsed: 0, framed: false, ending: false, closed: false };
+  if (m.mode === 'compress' || m.mode === 'hash') s.hash = createHash('sha256');
   if (m.mode === 'compress') {
     const spare = spareCCtx.pop();
     // A kept context starts over with default parameters, as a new one would.
@@ -482,7 +484,7 @@ function finishReply(s: Stream, out: Output, consumed: number): CodecReply {
   if (done) {
     streams.delete(s.id);
     release(s);
-    reply.end = { sha256: s.hash.digest('hex'), inBytes: s.inBytes, outBytes: s.outBytes };
+    reply.end = { ...(s.hash ? { sha256: s.hash.digest('hex') } : {}), inBytes: s.inBytes, outBytes: s.outBytes };
   }
   return reply;
 }

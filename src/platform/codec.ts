@@ -48,8 +48,8 @@ export interface CodecReply {
   consumed: number;
   /** input is left in the worker: pull when there is room for more output */
   more: boolean;
-  /** sha256: of the output (compress) or the input (hash); a decoding stream's worker checked its input itself */
-  end?: { sha256: string; inBytes: number; outBytes: number };
+  /** sha256: of the output (compress) or the input (hash) only; a decoding stream's worker checked its input itself */
+  end?: { sha256?: string; inBytes: number; outBytes: number };
   error?: string;
   /** the error's catalog code, when it had one (checksum_mismatch from a decodeFile stream) */
   code?: string;
@@ -296,7 +296,7 @@ export class ZstdCompressHash extends CodecStream {
 
   protected finished(end: NonNullable<CodecReply['end']>): void {
     this.bytes = end.outBytes;
-    this.hex = end.sha256;
+    this.hex = end.sha256!;
   }
 
   get sha256(): string {
@@ -320,7 +320,7 @@ export class Sha256PassThrough extends CodecStream {
 
   protected finished(end: NonNullable<CodecReply['end']>): void {
     this.bytes = end.inBytes;
-    this.hex = end.sha256;
+    this.hex = end.sha256!;
   }
 
   get sha256(): string {
@@ -355,7 +355,7 @@ export class VerifiedPassThrough extends CodecStream {
   }
 
   protected finished(end: NonNullable<CodecReply['end']>): void {
-    checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: end.inBytes, sha256: end.sha256 });
+    checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: end.inBytes, sha256: end.sha256! });
   }
 }
 
