@@ -16,11 +16,15 @@
 // it (the codec transfers a files dump batch to its worker and compresses it
 // there in place) and gives it back later.
 
-const lent = new WeakMap<ArrayBuffer, { length: number; giveBack: (buffer: ArrayBuffer) => void }>();
+const lent = new WeakMap<ArrayBuffer, { length: number; giveBack: (buffer: ArrayBuffer) => void; taken?: () => void }>();
 
-/** Registers chunk (a view from offset 0 of its own ArrayBuffer) as returnable through giveBack; returns it. */
-export function lend(chunk: Buffer, giveBack: (buffer: ArrayBuffer) => void): Buffer {
-  if (chunk.byteOffset === 0) lent.set(chunk.buffer as ArrayBuffer, { length: chunk.length, giveBack });
+/**
+ * Registers chunk (a view from offset 0 of its own ArrayBuffer) as returnable
+ * through giveBack; returns it. `taken`, if given, is called when a consumer
+ * takes the chunk (recycled() or adopt()): from then on it will be given back.
+ */
+export function lend(chunk: Buffer, giveBack: (buffer: ArrayBuffer) => void, taken?: () => void): Buffer {
+  if (chunk.byteOffset === 0) lent.set(chunk.buffer as ArrayBuffer, { length: chunk.length, giveBack, ...(taken ? { taken } : {}) });
   return chunk;
 }
 
@@ -48,5 +52,6 @@ export function adopt(chunk: Buffer): ((buffer: ArrayBuffer) => void) | undefine
   const loan = lent.get(buffer);
   if (!loan || chunk.byteOffset !== 0 || chunk.length !== loan.length) return undefined;
   lent.delete(buffer);
+  loan.taken?.();
   return loan.giveBack;
 }

@@ -18,6 +18,6 @@ export interface DumpRequest {
 
 export type DumpReply =
   | { kind: 'data'; id: number; buffer: ArrayBuffer; length: number }
-  /** reused: batches of this dump that were given back and refilled */
-  | { kind: 'end'; id: number; info: DumpInfo; reused: number }
+  /** reused: batches of this dump that were given back and refilled; made: batch buffers it allocated */
+  | { kind: 'end'; id: number; info: DumpInfo; reused: number; made: number }
   | { kind: 'error'; id: number; code: string; message: string; details?: Record<string, unknown> };

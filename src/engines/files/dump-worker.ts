@@ -14,11 +14,16 @@ port.on('message', (m: DumpRequest) => {
   if (m.returns) returns = m.returns;
   const cells = new Int32Array(m.cells);
   let reused = 0;
+  // The packer makes its first batch, and a fresh one whenever reuse() has none.
+  let made = 1;
   const sink: BatchSink = {
     reuse() {
       const back = returns && receiveMessageOnPort(returns);
       const buffer = back ? (back.message as ArrayBuffer) : undefined;
-      if (buffer?.byteLength !== BATCH) return undefined;
+      if (buffer?.byteLength !== BATCH) {
+        made++;
+        return undefined;
+      }
       reused++;
       return Buffer.from(buffer);
     },
@@ -26,7 +31,7 @@ port.on('message', (m: DumpRequest) => {
       if (Atomics.load(cells, CANCEL) !== 0) throw new AppError('cancelled');
     },
     send(buffer, length) {
-      // The main thread adds credit when its reader wants more, and once more on cancel, so this wait always ends.
+      // The main thread adds credit when its reader wants more or a batch comes back, and once more on cancel, so this wait always ends.
       for (;;) {
         sink.check();
         if (Atomics.load(cells, CREDIT) > 0) break;
@@ -38,7 +43,7 @@ port.on('message', (m: DumpRequest) => {
   };
   let reply: DumpReply;
   try {
-    reply = { kind: 'end', id: m.id, info: packTree(m.spec, sink), reused };
+    reply = { kind: 'end', id: m.id, info: packTree(m.spec, sink), reused, made };
   } catch (err) {
     reply = isAppError(err)
       ? { kind: 'error', id: m.id, code: err.code, message: err.message, details: err.details }

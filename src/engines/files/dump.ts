@@ -5,9 +5,13 @@
 // API. The main thread only passes the worker's batches on.
 //
 // Backpressure: the worker sends a batch only with credit. It starts with
-// CREDIT batches; a batch the stream takes below its high-water mark gives its
-// credit back at once, the others when the consumer reads (_read). So at most
-// CREDIT batches and the stream's buffer are in flight, whatever the tree.
+// CREDIT batches. When the consumer takes the batches and gives them back
+// (the compressor, platform/recycle.ts), a batch's credit goes back with the
+// batch itself: the CREDIT batches in the consumer's hands and the one the
+// worker fills are all there are. For any other consumer, a batch the stream
+// takes below its high-water mark gives its credit back at once, the others
+// when the consumer reads (_read): at most CREDIT batches and the stream's
+// buffer are in flight. Either way the memory is bounded whatever the tree.
 //
 // Workers are long-lived and reused: starting one (under tsx especially)
 // costs more than a small dump. Each runs one dump at a time; a dump takes an
@@ -33,9 +37,12 @@ import { CANCEL, CELLS, CREDIT, type DumpReply, type DumpRequest } from './dump-
 import type { PathFilter } from './select.ts';
 
 /**
- * Batches (dump-pack.ts BATCH, 4 MiB) a worker may send before the stream
- * takes them: the dump goes on while the codec compresses the batch before
- * instead of taking turns with it.
+ * Batches (dump-pack.ts BATCH, 4 MiB) a worker may have sent and not had
+ * credit back for: the codec compresses one while the next waits beside it
+ * (codec.ts MAX_LOANS_IN_FLIGHT), and the worker fills a third meanwhile, so
+ * no thread waits for another. Before credit followed the give-backs, the
+ * consumer's two counted as taken, and two more waited in the streams'
+ * buffers: six batches alive instead of three.
  */
 const CREDIT_BATCHES = 2;
 /** The stream's buffer; a batch pushed past it waits for the consumer to give its credit back. */
@@ -75,6 +82,8 @@ export const filesDumpPool = {
   received: 0,
   /** Batches that workers refilled after a consumer gave them back (recycle.ts), since the process began. */
   reused: 0,
+  /** Batch buffers that workers allocated, since the process began. */
+  made: 0,
   /** Workers alive. */
   live: () => slots.size,
   /** Workers alive and free for the next dump. */
@@ -146,6 +155,11 @@ function release(slot: Slot): void {
   idle.push(slot);
 }
 
+/** A batch the worker sent, until its credit goes back. */
+interface SentBatch {
+  credited: boolean;
+}
+
 /** One dump: its worker, its stream, and the credit between them. */
 class DumpRun {
   readonly id = nextId++;
@@ -156,7 +170,9 @@ class DumpRun {
   /** Batches the worker may send or has in transit. */
   private credit = CREDIT_BATCHES;
   /** Batches pushed past the high-water mark: their credit goes back when the consumer reads. */
-  private owed = 0;
+  private owed: SentBatch[] = [];
+  /** The consumer takes the batches and gives each back when done (the compressor): credit follows the give-backs. */
+  private recycling = false;
   /** The worker is done with this dump (it answered, or died). */
   private done = false;
   private grace: NodeJS.Timeout | undefined;
@@ -189,16 +205,19 @@ class DumpRun {
   message(m: DumpReply): void {
     if (m.id !== this.id || this.done) return;
     switch (m.kind) {
-      case 'data':
+      case 'data': {
         this.credit--;
         filesDumpPool.received += m.length;
         if (this.stream.destroyed) break;
-        if (this.stream.push(this.lent(m.buffer, m.length))) this.grant(1);
-        else this.owed++;
+        const sent: SentBatch = { credited: false };
+        if (this.stream.push(this.lent(m.buffer, m.length, sent))) this.consumed([sent]);
+        else this.owed.push(sent);
         break;
+      }
       case 'end':
         this.result = m.info;
         filesDumpPool.reused += m.reused;
+        filesDumpPool.made += m.made;
         this.finish();
         this.stream.push(null);
         break;
@@ -215,13 +234,44 @@ class DumpRun {
    * (the codec's compressing stage) gives back for the worker to refill.
    * The dump stream must therefore have that one consumer: it is never teed.
    */
-  private lent(buffer: ArrayBuffer, length: number): Buffer {
+  private lent(buffer: ArrayBuffer, length: number, sent: SentBatch): Buffer {
     const returns = this.slot!.returns;
-    return lend(Buffer.from(buffer, 0, length), (b) => {
-      // After the end it would wait in the idle worker's port (4 MiB each) until its next dump: dropped here, for the collector.
-      if (this.done) noteBufferBytes(b.byteLength);
-      else returns.postMessage(b, [b]);
-    });
+    return lend(
+      Buffer.from(buffer, 0, length),
+      (b) => {
+        // A batch whose credit went back when it was read: the worker made another in its place, so this one is not needed.
+        // After the end it would wait in the idle worker's port (4 MiB each) until its next dump. Either way: dropped here, for the collector.
+        if (this.done || sent.credited) {
+          noteBufferBytes(b.byteLength);
+          return;
+        }
+        // The buffer before the credit, so the worker finds it when it wakes.
+        returns.postMessage(b, [b]);
+        sent.credited = true;
+        this.grant(1);
+        this.updateRef();
+      },
+      () => {
+        this.recycling = true;
+      },
+    );
+  }
+
+  /**
+   * The consumer read these batches: their credit goes back now, unless the
+   * consumer gives batches back, which it does once it is done with them.
+   * That keeps the batches alive at CREDIT_BATCHES and the one the worker
+   * fills, instead of as many again waiting in the streams' buffers.
+   */
+  private consumed(batches: SentBatch[]): void {
+    if (this.recycling) return;
+    let n = 0;
+    for (const b of batches) {
+      if (b.credited) continue;
+      b.credited = true;
+      n++;
+    }
+    if (n > 0) this.grant(n);
   }
 
   workerDied(err: Error | undefined, code: number): void {
@@ -233,10 +283,10 @@ class DumpRun {
   }
 
   private giveBack(): void {
-    if (this.owed === 0 || this.done) return;
-    const n = this.owed;
-    this.owed = 0;
-    this.grant(n);
+    if (this.owed.length === 0 || this.done) return;
+    const batches = this.owed;
+    this.owed = [];
+    this.consumed(batches);
     this.updateRef();
   }
 
