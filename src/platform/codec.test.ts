@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import { compress as zstdCompress, decompress as zstdDecompress } from 'zstd-napi';
 import { AppError, isErrorCode } from '../errors/index.ts';
 import { MessageChannel } from 'node:worker_threads';
-import { DecodeToPort, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { codecPool, DecodeToPort, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
 import type { DecodedMessage } from './decoder.ts';
 import { lend } from './recycle.ts';
 import { decompressor } from './streams.ts';
@@ -299,5 +299,31 @@ describe('codec worker streams', () => {
     const data = sample(100_000, 99);
     const again = new ZstdCompressHash(3);
     assert.deepEqual(zstdDecompress(await collect(chunks(data), again)), data);
+  });
+
+  it('lets a worker without streams go after a while, and the next stream starts a new one', async () => {
+    const idleMs = codecPool.idleMs;
+    codecPool.idleMs = 200;
+    try {
+      const data = sample(300_000, 5);
+      const z = new ZstdCompressHash(3);
+      assert.deepEqual(zstdDecompress(await collect(chunks(data), z)), data);
+      assert.ok(codecPool.live() >= 1);
+      // Another stream within the idle time keeps the worker: none is started for it.
+      const started = codecPool.started;
+      const h = new Sha256PassThrough();
+      assert.ok((await collect(chunks(data), h)).equals(data));
+      assert.equal(h.sha256, createHash('sha256').update(data).digest('hex'));
+      assert.equal(codecPool.started, started);
+      for (let waited = 0; codecPool.live() > 0; waited += 50) {
+        assert.ok(waited < 10_000, 'the idle workers left');
+        await sleep(50);
+      }
+      const again = new ZstdCompressHash(3);
+      assert.deepEqual(zstdDecompress(await collect(chunks(data), again)), data);
+      assert.equal(codecPool.started, started + 1);
+    } finally {
+      codecPool.idleMs = idleMs;
+    }
   });
 });

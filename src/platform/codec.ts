@@ -74,34 +74,67 @@ const MAX_LOANS_IN_FLIGHT = 2;
 interface PoolWorker {
   worker: Worker;
   streams: Map<number, CodecStream>;
+  /** set while the worker has no stream: it leaves when this fires */
+  idle: NodeJS.Timeout | undefined;
 }
 
 const pool: PoolWorker[] = [];
 let nextId = 1;
 
+/**
+ * FOR TESTS: a view of the pool. An idle codec worker costs ~9 MiB of the
+ * server's memory (its own V8 heap, zstd's contexts and the buffers it
+ * keeps), so it leaves after idleMs without a stream; starting one again
+ * takes tens of milliseconds, against seconds for any sizeable stream.
+ */
+export const codecPool = {
+  /** Workers started since the process began. */
+  started: 0,
+  /** Workers alive. */
+  live: () => pool.length,
+  idleMs: 5_000,
+};
+
 /** The worker with the fewest open streams; a new one while the pool is below its size. */
 function pickWorker(): PoolWorker {
   const size = Math.max(1, Math.min(availableParallelism(), 4));
-  const idle = pool.find((p) => p.streams.size === 0);
-  if (idle) return idle;
-  if (pool.length < size) {
-    const worker = startModuleWorker(import.meta.url, './codec-worker');
-    // Idle codec workers must not keep the process alive.
-    worker.unref();
-    const p: PoolWorker = { worker, streams: new Map() };
-    worker.on('message', (m: CodecReply) => p.streams.get(m.id)?.reply(m));
-    const fail = (err: Error) => {
-      const i = pool.indexOf(p);
-      if (i >= 0) pool.splice(i, 1);
-      for (const s of p.streams.values()) s.destroy(new AppError('internal', `The compression worker stopped: ${err.message}`));
-      p.streams.clear();
-    };
-    worker.on('error', fail);
-    worker.on('exit', (code) => fail(new Error(`exit code ${code}`)));
-    pool.push(p);
-    return p;
-  }
-  return pool.reduce((a, b) => (b.streams.size < a.streams.size ? b : a));
+  const p = pool.find((w) => w.streams.size === 0) ?? (pool.length < size ? startWorker() : pool.reduce((a, b) => (b.streams.size < a.streams.size ? b : a)));
+  clearTimeout(p.idle);
+  p.idle = undefined;
+  return p;
+}
+
+function startWorker(): PoolWorker {
+  const worker = startModuleWorker(import.meta.url, './codec-worker');
+  codecPool.started++;
+  // Idle codec workers must not keep the process alive.
+  worker.unref();
+  const p: PoolWorker = { worker, streams: new Map(), idle: undefined };
+  worker.on('message', (m: CodecReply) => p.streams.get(m.id)?.reply(m));
+  const fail = (err: Error) => {
+    clearTimeout(p.idle);
+    const i = pool.indexOf(p);
+    if (i >= 0) pool.splice(i, 1);
+    for (const s of p.streams.values()) s.destroy(new AppError('internal', `The compression worker stopped: ${err.message}`));
+    p.streams.clear();
+  };
+  worker.on('error', fail);
+  worker.on('exit', (code) => fail(new Error(`exit code ${code}`)));
+  pool.push(p);
+  return p;
+}
+
+/** The worker's last stream closed: it leaves unless another comes within idleMs. */
+function idleWorker(p: PoolWorker): void {
+  p.worker.unref();
+  clearTimeout(p.idle);
+  p.idle = setTimeout(() => {
+    if (p.streams.size > 0) return;
+    const i = pool.indexOf(p);
+    if (i >= 0) pool.splice(i, 1);
+    void p.worker.terminate();
+  }, codecPool.idleMs);
+  p.idle.unref();
 }
 
 abstract class CodecStream extends Transform {
@@ -236,7 +269,7 @@ abstract class CodecStream extends Transform {
     this.released = true;
     this.home.streams.delete(this.id);
     this.send({ op: 'close', id: this.id });
-    if (this.home.streams.size === 0) this.home.worker.unref();
+    if (this.home.streams.size === 0) idleWorker(this.home);
   }
 
   reply(m: CodecReply): void {
