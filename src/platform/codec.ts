@@ -98,7 +98,9 @@ export const codecPool = {
 /** The worker with the fewest open streams; a new one while the pool is below its size. */
 function pickWorker(): PoolWorker {
   const size = Math.max(1, Math.min(availableParallelism(), 4));
-  const p = pool.find((w) => w.streams.size === 0) ?? (pool.length < size ? startWorker() : pool.reduce((a, b) => (b.streams.size < a.streams.size ? b : a)));
+  let p = pool.find((w) => w.streams.size === 0);
+  if (!p && pool.length < size) p = startWorker();
+  p ??= pool.reduce((a, b) => (b.streams.size < a.streams.size ? b : a));
   clearTimeout(p.idle);
   p.idle = undefined;
   return p;
