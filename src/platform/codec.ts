@@ -82,10 +82,11 @@ const pool: PoolWorker[] = [];
 let nextId = 1;
 
 /**
- * FOR TESTS: a view of the pool. An idle codec worker costs ~9 MiB of the
- * server's memory (its own V8 heap, zstd's contexts and the buffers it
- * keeps), so it leaves after idleMs without a stream; starting one again
- * takes tens of milliseconds, against seconds for any sizeable stream.
+ * The pool's counters (read by tests) and its idle time, the one setting
+ * (tests shorten it). An idle codec worker costs ~9 MiB of the server's
+ * memory (its own V8 heap, zstd's contexts and the buffers it keeps), so it
+ * leaves after idleMs without a stream; starting one again takes tens of
+ * milliseconds, against seconds for any sizeable stream.
  */
 export const codecPool = {
   /** Workers started since the process began. */
