@@ -88,6 +88,8 @@ const bytes = await readFile(stored);
 const decode = { compression: 'zstd' as const, sha256: createHash('sha256').update(bytes).digest('hex'), size: bytes.length, label: 'bench artifact' };
 
 const results: Record<string, { ms: number; cpu: number }[]> = {};
+/** per side, each restore's phases (extract, sync, swap...) as the engine reports them */
+const phases: Record<string, Record<string, number[]>> = {};
 let n = 0;
 for (let i = 0; i < runs; i++) {
   const order = i % 2 === 0 ? (['old', 'new'] as const) : (['new', 'old'] as const);
@@ -106,6 +108,7 @@ for (let i = 0; i < runs; i++) {
         const input = createReadStream(stored, { highWaterMark: 1 << 20 });
         const r = await sides[name].engine.restore({ target: { name: 'w', type: 'files', connection: target, options: {} }, input, expected: counts!, mode: 'new_target', partial: false, decode, workDir: join(work, 'restorework'), signal });
         if (r.counts.tree_sha256 !== counts!.tree_sha256) throw new Error('the restored tree differs');
+        for (const [phase, ms] of Object.entries(r.phases ?? {})) (phases[`restore ${name}`] ??= {})[phase] = [...(phases[`restore ${name}`]?.[phase] ?? []), ms];
       }),
     );
   }
@@ -113,5 +116,7 @@ for (let i = 0; i < runs; i++) {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 for (const [key, v] of Object.entries(results)) {
   console.log(`${key}: wall ${median(v.map((x) => x.ms))} ms, cpu ${median(v.map((x) => x.cpu))} ms (runs ${v.map((x) => x.ms).join(', ')} ms)`);
+  const steps = Object.entries(phases[key] ?? {}).map(([phase, ms]) => `${phase} ${median(ms)}`);
+  if (steps.length > 0) console.log(`  phases (median ms): ${steps.join(', ')}`);
 }
 await removeTree(work);

@@ -58,3 +58,38 @@ export async function writeFileAtomic(target: string, data: string | Buffer, mod
 export async function syncFileSystem(path: string): Promise<void> {
   await runTool('sync', ['-f', path]);
 }
+
+/** How often whileFlushing starts a background syncfs. */
+const FLUSH_EVERY_MS = 1000;
+
+/** FOR TESTS: how many background flushes whileFlushing has started. */
+export const backgroundFlushes = { started: 0 };
+
+/**
+ * Runs work while the file system that holds path writes its dirty pages out
+ * in the background: a syncfs every `everyMs`, one at a time, until work
+ * settles. Linux keeps freshly written data in memory until it is 30 s old
+ * or a tenth of memory is dirty, so the flush a durable result needs
+ * (syncFileSystem, after work) would otherwise start only after the last
+ * write and wait for all of it; this way most of it is on disk by then. A
+ * background flush that fails is ignored: the caller's own flush after work
+ * reports a failure that lasts.
+ */
+export async function whileFlushing<T>(path: string, work: () => Promise<T>, everyMs = FLUSH_EVERY_MS): Promise<T> {
+  let flushing: Promise<void> | null = null;
+  const timer = setInterval(() => {
+    if (flushing) return;
+    backgroundFlushes.started++;
+    flushing = syncFileSystem(path)
+      .catch(() => {})
+      .finally(() => (flushing = null));
+  }, everyMs);
+  try {
+    return await work();
+  } finally {
+    clearInterval(timer);
+    // Nothing of ours runs on after work: the caller may remove path at once.
+    await flushing;
+  }
+}
+

@@ -6,7 +6,7 @@
 import { chmod, chown, lstat, mkdir, readdir, rename, rm, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { fsyncDir, syncFileSystem } from '../../platform/fs.ts';
+import { fsyncDir, syncFileSystem, whileFlushing } from '../../platform/fs.ts';
 import type { DecodeSpec } from '../../platform/decoder.ts';
 import { PhaseTimer } from '../../platform/phases.ts';
 import { ancestors, type Extracted, type ExtractResult, unsafe } from './extract-sync.ts';
@@ -55,7 +55,8 @@ export async function extractInto(
   phases = new PhaseTimer(),
   decode?: DecodeSpec,
 ): Promise<ExtractResult> {
-  const result = await phases.time('extract', () => extractInWorker(staging, input, digestVersion, keepList, signal, decode));
+  // Flushed in the background while it is written, so the one syncfs below has little left to do.
+  const result = await phases.time('extract', () => whileFlushing(staging, () => extractInWorker(staging, input, digestVersion, keepList, signal, decode)));
   // One syncfs for every file and directory written, before anything is renamed into view.
   await phases.time('sync', () => syncFileSystem(staging));
   return result;
