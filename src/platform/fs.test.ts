@@ -43,6 +43,16 @@ describe('whileFlushing', () => {
       /work failed/,
     );
     // `sync -f` of a path that does not exist fails; the work still succeeds.
-    assert.equal(await whileFlushing(missing, async () => (await sleep(100), 7), 20), 7);
+    const before = backgroundFlushes.started;
+    const value = await whileFlushing(
+      missing,
+      async () => {
+        await sleep(100);
+        return 7;
+      },
+      20,
+    );
+    assert.equal(value, 7);
+    assert.ok(backgroundFlushes.started > before, 'no background flush was tried');
   });
 });
