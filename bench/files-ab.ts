@@ -108,7 +108,8 @@ for (let i = 0; i < runs; i++) {
         const input = createReadStream(stored, { highWaterMark: 1 << 20 });
         const r = await sides[name].engine.restore({ target: { name: 'w', type: 'files', connection: target, options: {} }, input, expected: counts!, mode: 'new_target', partial: false, decode, workDir: join(work, 'restorework'), signal });
         if (r.counts.tree_sha256 !== counts!.tree_sha256) throw new Error('the restored tree differs');
-        for (const [phase, ms] of Object.entries(r.phases ?? {})) (phases[`restore ${name}`] ??= {})[phase] = [...(phases[`restore ${name}`]?.[phase] ?? []), ms];
+        const steps = (phases[`restore ${name}`] ??= {});
+        for (const [phase, ms] of Object.entries(r.phases ?? {})) (steps[phase] ??= []).push(ms);
       }),
     );
   }
