@@ -13,6 +13,7 @@ import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AppError } from '../errors/index.ts';
 import { fsyncDir } from '../platform/fs.ts';
+import { LendingFileReader } from '../platform/lending-reader.ts';
 import { assertSafeKey, type ByteRange, type PutOptions, type Storage, type StoredObject } from './storage.ts';
 
 const TMP = '.tmp';
@@ -193,8 +194,8 @@ export class LocalStorage implements Storage {
       if (range && range.start >= info.size) {
         throw new RangeError(`byte range starts at ${range.start}, past the end of ${key} (${info.size} bytes)`);
       }
-      // An end past the last byte is clamped, as HTTP and S3 do.
-      return fh.createReadStream(range ? { start: range.start, end: Math.min(range.end ?? Infinity, info.size - 1) } : {});
+      // An end past the last byte is clamped, as HTTP and S3 do. Chunks are lent (lending-reader.ts).
+      return range ? new LendingFileReader(fh, range.start, Math.min(range.end ?? Infinity, info.size - 1)) : new LendingFileReader(fh);
     } catch (err) {
       await fh.close();
       if (err instanceof RangeError) throw err;

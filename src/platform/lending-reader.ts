@@ -1,0 +1,85 @@
+// Reads a byte range of an open file as a stream whose chunks are lent
+// (recycle.ts): a consumer that copies a chunk and keeps nothing of it (a
+// codec stage) gives its memory back, and the next read goes into it.
+//
+// Why not fs.createReadStream: it reads into a new buffer every time. With
+// its 64 KiB default a restore's input is thousands of small chunks, each
+// passed through every stream stage; with larger reads each buffer is above
+// the bin's MALLOC_MMAP_THRESHOLD_, so every read maps fresh memory and
+// faults it in page by page. Lending gives large reads without either cost:
+// for a 500 MB stored artifact decoded for a files restore, the main
+// thread's CPU fell from 300-360 ms to 160-200 ms and the process's from
+// 1.71-2.33 s to 1.43-1.95 s, with 8 allocations of 64 KiB or more instead
+// of 7,651 (ad hoc, on the bench machine).
+//
+// A consumer that never gives chunks back (an HTTP response, a tee) costs
+// only what createReadStream costs: the reader then allocates every buffer.
+import type { FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { lend } from './recycle.ts';
+
+/** Bytes per read: the codec's input batch (codec.ts BATCH_BYTES), so a chunk fills one. */
+export const LEND_CHUNK = 512 * 1024;
+/** Buffers given back and kept for the next reads; more come back only when a consumer holds several at once. */
+const KEEP = 4;
+
+export class LendingFileReader extends Readable {
+  private position: number;
+  /** bytes still to read; Infinity: to the end of the file */
+  private remaining: number;
+  private readonly free: ArrayBuffer[] = [];
+  private reading = false;
+
+  /** Reads fh from start to end (inclusive; to the end of the file without it), then closes fh; closes it too when destroyed. */
+  constructor(
+    private readonly fh: FileHandle,
+    start = 0,
+    end?: number,
+  ) {
+    // One chunk read ahead while the consumer works on the last.
+    super({ highWaterMark: LEND_CHUNK });
+    this.position = start;
+    this.remaining = end === undefined ? Infinity : end - start + 1;
+  }
+
+  override _read(): void {
+    if (this.reading) return;
+    if (this.remaining <= 0) {
+      this.push(null);
+      return;
+    }
+    this.reading = true;
+    const memory = this.free.pop() ?? new ArrayBuffer(LEND_CHUNK);
+    const want = Math.min(LEND_CHUNK, this.remaining);
+    this.fh.read(new Uint8Array(memory, 0, want), 0, want, this.position).then(
+      ({ bytesRead }) => {
+        this.reading = false;
+        if (this.destroyed) return;
+        if (bytesRead === 0) {
+          // The end of the file (before `end`, if the file is shorter: the reader's checksum tells).
+          this.push(null);
+          return;
+        }
+        this.position += bytesRead;
+        this.remaining -= bytesRead;
+        const chunk = lend(Buffer.from(memory, 0, bytesRead), (back) => {
+          if (!this.destroyed && this.free.length < KEEP && back.byteLength === LEND_CHUNK) this.free.push(back);
+        });
+        this.push(chunk);
+      },
+      (err: Error) => {
+        this.reading = false;
+        this.destroy(err);
+      },
+    );
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.free.length = 0;
+    // A failing close is reported, unless the stream already failed for another reason.
+    this.fh.close().then(
+      () => cb(err),
+      (closeErr: Error) => cb(err ?? closeErr),
+    );
+  }
+}
