@@ -16,6 +16,9 @@ export async function dump(req: DumpRequest): Promise<DumpOutput> {
   if (req.selection !== null && req.selection.length === 0) throw new AppError('invalid_selection', 'The selection names no table.');
 
   const tool = await findTool(['mariadb-dump', 'mysqldump']);
+  // Asked while the database is read below (a process start takes ~25 ms, about as long as those queries).
+  const toolVersionRun = runTool(tool, ['--version'], { signal }).then((v) => v.trim());
+  toolVersionRun.catch(() => {}); // awaited below, unless the queries fail first
   const warnings: string[] = [];
   const { serverVersion, tables } = await withConnection(p, signal, p.database, `Reading the database ${p.database} failed`, async (conn) => {
     const version = String((await rows(conn, 'SELECT VERSION() AS v'))[0]?.v ?? '');
@@ -43,7 +46,7 @@ export async function dump(req: DumpRequest): Promise<DumpOutput> {
     }
     return { serverVersion: version, tables };
   });
-  const toolVersion = (await runTool(tool, ['--version'], { signal })).trim();
+  const toolVersion = await toolVersionRun;
 
   const optionFile = await writeOptionFile(req.workDir, p);
   const args = [
