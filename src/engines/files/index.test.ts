@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { appendFile, chmod, chown, lchown, lstat, lutimes, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, lchown, lstat, lutimes, mkdir, mkdtemp, open, readFile, readdir, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -20,6 +20,7 @@ import { extractInto, restoreWorkerPool, swapContents } from './restore.ts';
 import { PathFilter } from './select.ts';
 import { summarize, type TreeLine } from './tree.ts';
 import { compressForStorage } from '../../platform/streams.ts';
+import { LendingFileReader } from '../../platform/lending-reader.ts';
 import { compress as zstdCompress } from 'zstd-napi';
 
 type TarHeader = Partial<tar.Header> & { name: string };
@@ -760,6 +761,36 @@ describe('files engine', () => {
         assert.deepEqual(await readdir(target), ['keep.txt'], `${compression}, ${why}: the target is untouched`);
         assert.deepEqual(await leftovers(dirname(target)), [], `${compression}, ${why}: no staging left`);
       }
+    }
+  });
+
+  it('restores from the lent chunks of local storage and gives each back once copied, for the next read (zstd and none)', async () => {
+    const src = join(await freshDir(), 'src');
+    await mkdir(join(src, 'd'), { recursive: true });
+    for (const [i, size] of [3_000_000, 10, 1_500_000, 0, 700_001].entries()) await writeFile(join(src, 'd', `f${i}`), randomBytes(size));
+    const { file, info } = await dumpToFile(src);
+    for (const compression of ['zstd', 'none'] as const) {
+      const { stages, stored } = compressForStorage(compression);
+      const storedFile = join(await freshDir(), 'artifact');
+      await pipeline([createReadStream(file), ...stages, createWriteStream(storedFile)]);
+      const decode = { compression, ...stored(), label: 'artifact resources/w/files.tar' };
+      // Passed on through a stage that looks at each chunk, as the service's byte counter does.
+      let reads = 0;
+      const memories = new Set<ArrayBuffer>();
+      const tap = new Transform({
+        transform(c: Buffer, _e, cb) {
+          reads++;
+          memories.add(c.buffer as ArrayBuffer);
+          cb(null, c);
+        },
+      });
+      const input = new LendingFileReader(await open(storedFile, 'r')).pipe(tap);
+      const target = join(await freshDir(), 't');
+      const r = await filesEngine.restore(restoreReq(target, input, info.counts, { mode: 'new_target', decode }));
+      assert.deepEqual(compareCounts(info.counts, r.counts), [], compression);
+      assert.deepEqual(await treeState(target), await treeState(src), compression);
+      assert.ok(reads >= 10, `${compression}: ${reads} reads`);
+      assert.ok(memories.size < reads / 2, `${compression}: ${memories.size} buffers for ${reads} reads: the restore gave them back`);
     }
   });
 

@@ -17,6 +17,7 @@ import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threa
 import { AppError, ERRORS, type ErrorCode } from '../../errors/index.ts';
 import { DecodeToPort } from '../../platform/codec.ts';
 import { noteBufferBytes } from '../../platform/gc.ts';
+import { recycled } from '../../platform/recycle.ts';
 import { startModuleWorker } from '../../platform/workers.ts';
 import type { DecodeSpec } from '../../platform/decoder.ts';
 import type { ExtractResult } from './extract-sync.ts';
@@ -269,8 +270,6 @@ async function sendBatches(job: Job, input: Readable): Promise<void> {
     used = 0;
   };
   for await (const chunk of input as AsyncIterable<Buffer>) {
-    // The chunk (a file's or a socket's buffer) is dead once copied below.
-    noteBufferBytes(chunk.length);
     for (let off = 0; off < chunk.length && !job.settled; ) {
       if (!batch) {
         await job.room();
@@ -282,6 +281,8 @@ async function sendBatches(job: Job, input: Readable): Promise<void> {
       off += n;
       if (used === BATCH) send();
     }
+    // Copied, and held by no one now: a lent chunk (local storage's, lending-reader.ts) goes back to be read into again; any other is garbage.
+    if (!recycled(chunk)) noteBufferBytes(chunk.length);
     if (job.settled) break;
   }
   send();
