@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, describe, it } from 'node:test';
-import { LEND_CHUNK, LendingFileReader } from './lending-reader.ts';
+import { LEND_CHUNK, LendingFileReader, PLAIN_CHUNK, UNRETURNED_MAX } from './lending-reader.ts';
 import { recycled } from './recycle.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-lending-'));
@@ -47,8 +47,9 @@ describe('LendingFileReader', () => {
     // A consumer that copies each chunk and gives it back, as the codec's stages do.
     const memories = new Set<ArrayBuffer>();
     const copies: Buffer[] = [];
+    const giving = new LendingFileReader(await open(path, 'r'));
     await pipeline(
-      new LendingFileReader(await open(path, 'r')),
+      giving,
       new Writable({
         write(chunk: Buffer, _e, cb) {
           memories.add(chunk.buffer as ArrayBuffer);
@@ -61,11 +62,15 @@ describe('LendingFileReader', () => {
     assert.deepEqual(Buffer.concat(copies), bytes);
     // Given back after each copy: a couple of buffers served all nine reads (one read ahead).
     assert.ok(memories.size <= 3, `${memories.size} buffers for 9 reads`);
+    assert.equal(giving.lending, true);
+  });
 
-    // A consumer that keeps every chunk and gives none back: each stays as it was read.
+  it('reads as fs.createReadStream does once a consumer gives nothing back, and never into a chunk it holds', async () => {
+    const { path, bytes } = fileOf('k', (UNRETURNED_MAX + 2) * LEND_CHUNK);
     const kept: Buffer[] = [];
+    const reader = new LendingFileReader(await open(path, 'r'));
     await pipeline(
-      new LendingFileReader(await open(path, 'r')),
+      reader,
       new Writable({
         write(chunk: Buffer, _e, cb) {
           kept.push(chunk);
@@ -75,6 +80,14 @@ describe('LendingFileReader', () => {
     );
     assert.equal(new Set(kept.map((c) => c.buffer)).size, kept.length, 'a new buffer for every read');
     assert.deepEqual(Buffer.concat(kept), bytes);
+    // UNRETURNED_MAX lent chunks, then the rest in plain ones.
+    assert.equal(reader.lending, false);
+    assert.deepEqual(
+      kept.slice(0, UNRETURNED_MAX).map((c) => c.length),
+      Array(UNRETURNED_MAX).fill(LEND_CHUNK),
+    );
+    assert.equal(kept.length, UNRETURNED_MAX + (2 * LEND_CHUNK) / PLAIN_CHUNK);
+    assert.ok(kept.slice(UNRETURNED_MAX).every((c) => c.length === PLAIN_CHUNK && recycled(c) === false), 'plain chunks are not lent');
   });
 
   it('closes the file at the end, and when destroyed half-way', async () => {

@@ -12,14 +12,28 @@
 // 1.71-2.33 s to 1.43-1.95 s, with 8 allocations of 64 KiB or more instead
 // of 7,651 (ad hoc, on the bench machine).
 //
-// A consumer that never gives chunks back (an HTTP response, a tee) costs
-// only what createReadStream costs: the reader then allocates every buffer.
+// A consumer that gives nothing back (an HTTP response, the decryption of
+// an encrypted destination) would make every 512 KiB read a fresh mapping:
+// once UNRETURNED_MAX chunks are out and none came back, the reader takes
+// it that none will and reads as fs.createReadStream does, into a new
+// 64 KiB buffer each time (below the threshold, so malloc reuses memory).
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { lend } from './recycle.ts';
 
 /** Bytes per read: the codec's input batch (codec.ts BATCH_BYTES), so a chunk fills one. */
 export const LEND_CHUNK = 512 * 1024;
+/** Bytes per read once the consumer is known not to give chunks back (fs.createReadStream's default). */
+export const PLAIN_CHUNK = 64 * 1024;
+/**
+ * Lent chunks not given back at which the consumer is taken to give none.
+ * One that does holds up to about seven: under backpressure each stream
+ * stage holds one chunk on each side (this reader, the service's byte
+ * counter and pass-through, the codec stage waiting for its worker); twice
+ * that leaves room for another stage. A consumer that gives none back
+ * costs 8 MiB of fresh buffers before the switch.
+ */
+export const UNRETURNED_MAX = 16;
 /** Buffers given back and kept for the next reads; more come back only when a consumer holds several at once. */
 const KEEP = 4;
 
@@ -29,6 +43,10 @@ export class LendingFileReader extends Readable {
   private remaining: number;
   private readonly free: ArrayBuffer[] = [];
   private reading = false;
+  /** lent chunks not given back yet */
+  private out = 0;
+  /** whether chunks are still lent (see UNRETURNED_MAX) */
+  lending = true;
 
   /** Reads fh from start to end (inclusive; to the end of the file without it), then closes fh; closes it too when destroyed. */
   constructor(
@@ -49,22 +67,34 @@ export class LendingFileReader extends Readable {
       return;
     }
     this.reading = true;
-    const memory = this.free.pop() ?? new ArrayBuffer(LEND_CHUNK);
-    const want = Math.min(LEND_CHUNK, this.remaining);
+    if (this.lending && this.out >= UNRETURNED_MAX) {
+      this.lending = false;
+      this.free.length = 0;
+    }
+    const lending = this.lending;
+    const size = lending ? LEND_CHUNK : PLAIN_CHUNK;
+    // Not zero-filled: only the bytes read are ever seen.
+    const memory = (lending ? this.free.pop() : undefined) ?? (Buffer.allocUnsafeSlow(size).buffer as ArrayBuffer);
+    const want = Math.min(size, this.remaining);
     this.fh.read(new Uint8Array(memory, 0, want), 0, want, this.position).then(
       ({ bytesRead }) => {
         this.reading = false;
         if (this.destroyed) return;
         if (bytesRead === 0) {
-          // The end of the file (before `end`, if the file is shorter: the reader's checksum tells).
+          // The end of the file (before `end`, if the file is shorter: the consumer's checksum tells).
           this.push(null);
           return;
         }
         this.position += bytesRead;
         this.remaining -= bytesRead;
-        const chunk = lend(Buffer.from(memory, 0, bytesRead), (back) => {
-          if (!this.destroyed && this.free.length < KEEP && back.byteLength === LEND_CHUNK) this.free.push(back);
-        });
+        const chunk = Buffer.from(memory, 0, bytesRead);
+        if (lending) {
+          this.out++;
+          lend(chunk, (back) => {
+            this.out--;
+            if (this.lending && !this.destroyed && this.free.length < KEEP && back.byteLength === LEND_CHUNK) this.free.push(back);
+          });
+        }
         this.push(chunk);
       },
       (err: Error) => {
