@@ -1,0 +1,102 @@
+// A/B of two Backvault servers through the API: an older checkout's (--old,
+// e.g. a `git worktree add /tmp/old REV` with node_modules linked in and
+// built with `npx tsc -p tsconfig.build.json`) against this one's (run
+// `npm run build` first), on the same tree. Each server backs the tree up
+// once (files, zstd), then the two take turns (which goes first alternates
+// per run) restoring their backup into a fresh directory, each from a cold
+// page cache. Prints per side the median wall time (API request to success
+// seen) and the server process's CPU (all its threads), and every run.
+// Covers what files-ab.ts cannot: the service around the engine (storage
+// reads, the restore service's streams, the job). Restored trees are kept
+// until the end (lib/deleted-inodes.ts). Needs root (drop_caches).
+// Usage: node --import tsx bench/server-ab.ts --old DIR [--size-mb 1000] [--runs 4] [--work DIR]
+import { mkdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { writeTree } from './lib/datasets.ts';
+import { awaitDeletionsAged, removeTree } from './lib/deleted-inodes.ts';
+import { median } from './lib/report.ts';
+import { Backvault } from './lib/server.ts';
+import { sh } from './lib/sh.ts';
+
+const { values: opt } = parseArgs({
+  options: {
+    old: { type: 'string' },
+    'size-mb': { type: 'string', default: '1000' },
+    runs: { type: 'string', default: '4' },
+    work: { type: 'string', default: join(tmpdir(), 'bv-server-ab') },
+  },
+});
+if (!opt.old) throw new Error('--old DIR: the root of an older checkout, built (its bench/lib/server.ts starts its bin/backvault.js)');
+const work = resolve(opt.work!);
+const runs = Number(opt.runs);
+const { Backvault: OldBackvault } = (await import(pathToFileURL(join(resolve(opt.old), 'bench/lib/server.ts')).href)) as { Backvault: typeof Backvault };
+
+/** CPU seconds (user + system, all threads) a process has used. */
+async function cpuOf(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Written pages out, page cache emptied, and the disk quiet for a second. */
+async function cold(): Promise<void> {
+  await sh('sync');
+  await sh('echo 3 > /proc/sys/vm/drop_caches');
+  let last = await readFile('/proc/diskstats', 'utf8');
+  let quietSince = Date.now();
+  while (Date.now() - quietSince < 1000) {
+    await new Promise((r) => setTimeout(r, 250));
+    const now = await readFile('/proc/diskstats', 'utf8');
+    if (now !== last) {
+      last = now;
+      quietSince = Date.now();
+    }
+  }
+}
+
+await removeTree(work);
+const src = join(work, 'src');
+const restored = join(work, 'restored');
+await mkdir(restored, { recursive: true });
+const tree = await writeTree(src, Number(opt['size-mb']) * 1e6, 11);
+console.error(`tree: ${tree.files} files, ${(tree.bytes / 1e6).toFixed(0)} MB`);
+
+interface Side {
+  name: 'old' | 'new';
+  bv: Backvault;
+  backup: string;
+  ms: number[];
+  cpu: number[];
+}
+const sides: Side[] = [];
+try {
+  for (const [name, Server] of [
+    ['old', OldBackvault],
+    ['new', Backvault],
+  ] as const) {
+    const bv = new Server(join(work, `server-${name}`));
+    await bv.start();
+    await bv.ensureInstance('w', [{ name: 'site', type: 'files', connection: src }]);
+    const b = await bv.backup('w');
+    sides.push({ name, bv, backup: b.doc.id, ms: [], cpu: [] });
+  }
+  for (let i = 0; i < runs; i++) {
+    for (const s of i % 2 === 0 ? sides : [...sides].reverse()) {
+      await awaitDeletionsAged();
+      await cold();
+      const c0 = await cpuOf(s.bv.pid);
+      const r = await s.bv.restore('w', s.backup, { site: { connection: join(restored, `${s.name}-${i}`) } });
+      s.ms.push(Math.round(r.ms));
+      s.cpu.push((await cpuOf(s.bv.pid)) - c0);
+      console.error(`run ${i + 1} ${s.name}: ${(r.ms / 1000).toFixed(2)} s, server CPU ${s.cpu.at(-1)!.toFixed(2)} s, phases ${JSON.stringify(r.doc.result?.resources?.[0]?.phases ?? {})}`);
+    }
+  }
+} finally {
+  for (const s of sides) await s.bv.stop();
+}
+for (const s of sides) {
+  console.log(`files restore ${s.name}: wall ${(median(s.ms) / 1000).toFixed(2)} s, server CPU ${median(s.cpu).toFixed(2)} s (runs ${s.ms.join(', ')} ms)`);
+}
+await removeTree(work);
