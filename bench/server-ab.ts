@@ -10,7 +10,7 @@
 // reads, the restore service's streams, the job). Restored trees are kept
 // until the end (lib/deleted-inodes.ts). Needs root (drop_caches).
 // Usage: node --import tsx bench/server-ab.ts --old DIR [--size-mb 1000] [--runs 4] [--work DIR]
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -18,8 +18,8 @@ import { parseArgs } from 'node:util';
 import { writeTree } from './lib/datasets.ts';
 import { awaitDeletionsAged, removeTree } from './lib/deleted-inodes.ts';
 import { median } from './lib/report.ts';
-import { Backvault } from './lib/server.ts';
-import { sh } from './lib/sh.ts';
+import { settleDisk } from './lib/cold.ts';
+import { Backvault, Sampler } from './lib/server.ts';
 
 const { values: opt } = parseArgs({
   options: {
@@ -33,28 +33,6 @@ if (!opt.old) throw new Error('--old DIR: the root of an older checkout, built (
 const work = resolve(opt.work!);
 const runs = Number(opt.runs);
 const { Backvault: OldBackvault } = (await import(pathToFileURL(join(resolve(opt.old), 'bench/lib/server.ts')).href)) as { Backvault: typeof Backvault };
-
-/** CPU seconds (user + system, all threads) a process has used. */
-async function cpuOf(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-/** Written pages out, page cache emptied, and the disk quiet for a second. */
-async function cold(): Promise<void> {
-  await sh('sync');
-  await sh('echo 3 > /proc/sys/vm/drop_caches');
-  let last = await readFile('/proc/diskstats', 'utf8');
-  let quietSince = Date.now();
-  while (Date.now() - quietSince < 1000) {
-    await new Promise((r) => setTimeout(r, 250));
-    const now = await readFile('/proc/diskstats', 'utf8');
-    if (now !== last) {
-      last = now;
-      quietSince = Date.now();
-    }
-  }
-}
 
 await removeTree(work);
 const src = join(work, 'src');
@@ -85,11 +63,11 @@ try {
   for (let i = 0; i < runs; i++) {
     for (const s of i % 2 === 0 ? sides : [...sides].reverse()) {
       await awaitDeletionsAged();
-      await cold();
-      const c0 = await cpuOf(s.bv.pid);
+      await settleDisk();
+      const c0 = await Sampler.cpuTicks(s.bv.pid);
       const r = await s.bv.restore('w', s.backup, { site: { connection: join(restored, `${s.name}-${i}`) } });
       s.ms.push(Math.round(r.ms));
-      s.cpu.push((await cpuOf(s.bv.pid)) - c0);
+      s.cpu.push(((await Sampler.cpuTicks(s.bv.pid)) - c0) / 100);
       console.error(`run ${i + 1} ${s.name}: ${(r.ms / 1000).toFixed(2)} s, server CPU ${s.cpu.at(-1)!.toFixed(2)} s, phases ${JSON.stringify(r.doc.result?.resources?.[0]?.phases ?? {})}`);
     }
   }

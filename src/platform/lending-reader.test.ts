@@ -22,6 +22,19 @@ function fileOf(name: string, n: number): { path: string; bytes: Buffer } {
   return { path, bytes };
 }
 
+/** Pipes reader into a sink that hands each chunk to onChunk. */
+function consume(reader: LendingFileReader, onChunk: (chunk: Buffer) => void): Promise<void> {
+  return pipeline(
+    reader,
+    new Writable({
+      write(chunk: Buffer, _e, cb) {
+        onChunk(chunk);
+        cb();
+      },
+    }),
+  );
+}
+
 /** The descriptors this process has open. */
 const openFds = () => readdirSync('/proc/self/fd').length;
 
@@ -48,17 +61,11 @@ describe('LendingFileReader', () => {
     const memories = new Set<ArrayBuffer>();
     const copies: Buffer[] = [];
     const giving = new LendingFileReader(await open(path, 'r'));
-    await pipeline(
-      giving,
-      new Writable({
-        write(chunk: Buffer, _e, cb) {
-          memories.add(chunk.buffer as ArrayBuffer);
-          copies.push(Buffer.from(chunk));
-          assert.equal(recycled(chunk), true, 'every whole chunk is lent');
-          cb();
-        },
-      }),
-    );
+    await consume(giving, (chunk) => {
+      memories.add(chunk.buffer as ArrayBuffer);
+      copies.push(Buffer.from(chunk));
+      assert.equal(recycled(chunk), true, 'every whole chunk is lent');
+    });
     assert.deepEqual(Buffer.concat(copies), bytes);
     // Given back after each copy: a couple of buffers served all nine reads (one read ahead).
     assert.ok(memories.size <= 3, `${memories.size} buffers for 9 reads`);
@@ -69,15 +76,7 @@ describe('LendingFileReader', () => {
     const { path, bytes } = fileOf('k', (UNRETURNED_MAX + 2) * LEND_CHUNK);
     const kept: Buffer[] = [];
     const reader = new LendingFileReader(await open(path, 'r'));
-    await pipeline(
-      reader,
-      new Writable({
-        write(chunk: Buffer, _e, cb) {
-          kept.push(chunk);
-          cb();
-        },
-      }),
-    );
+    await consume(reader, (chunk) => kept.push(chunk));
     assert.equal(new Set(kept.map((c) => c.buffer)).size, kept.length, 'a new buffer for every read');
     assert.deepEqual(Buffer.concat(kept), bytes);
     // UNRETURNED_MAX lent chunks, then the rest in plain ones.

@@ -7,11 +7,8 @@
 // passed through every stream stage; with larger reads each buffer is above
 // the bin's MALLOC_MMAP_THRESHOLD_, so every read maps fresh memory and
 // faults it in page by page. Lending gives large reads without either cost:
-// a cold 1 GB files restore through the server went from 6.90 s and 8.94 s
-// of server CPU to 6.11 s and 7.70 s (bench/server-ab.ts, four runs each).
-// For the 500 MB stored artifact alone, decoded by the codec, the main
-// thread's CPU fell from 300-360 ms to 160-200 ms, with 8 allocations of
-// 64 KiB or more instead of 7,651 (ad hoc).
+// a cold 1 GB files restore through the server went from 6.90 s (8.94 s of
+// server CPU) to 6.11 s (7.70 s) (bench/server-ab.ts, four runs each).
 //
 // A consumer that gives nothing back (an HTTP response, the decryption of
 // an encrypted destination) would make every 512 KiB read a fresh mapping:
