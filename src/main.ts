@@ -13,6 +13,7 @@ import { getEngine } from './engines/registry.ts';
 import { JobQueue } from './jobs/queue.ts';
 import { WorkerPool } from './jobs/pool.ts';
 import { systemClock, type Clock } from './platform/clock.ts';
+import { workerIdle } from './platform/workers.ts';
 import type { Destination, Logger, ServiceContext } from './services/context.ts';
 import { ensureInitialAdminKey, loadTokenSecret, type CreatedKey } from './services/auth.ts';
 import { backupJobHandler } from './services/backups.ts';
@@ -147,6 +148,7 @@ export async function startServer(config: Config, options: ServerOptions = {}): 
   const unlock = await lockDataDir(config.dir);
   try {
     const clock = options.clock ?? systemClock;
+    workerIdle.ms = config.worker_idle_seconds * 1000;
     const app0Logger = options.logger ?? false;
     const { ctx, db } = await openContext(config, clock, silentLog);
     const app = await buildApp(ctx, { logger: app0Logger });

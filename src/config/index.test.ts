@@ -37,3 +37,9 @@ test('the Syncano account limit is a config key, 25 by default', () => {
   assert.equal(loadConfig({ env: { BACKVAULT_SYNCANO_MAX_BACKUPS: '3' } }).syncano_max_backups, 3);
   assert.throws(() => loadConfig({ env: { BACKVAULT_SYNCANO_MAX_BACKUPS: 'many' } }), ConfigError);
 });
+
+test('worker_idle_seconds: 5 by default, from the environment, whole seconds from 1 to a day', () => {
+  assert.equal(loadConfig({ env: {} }).worker_idle_seconds, 5);
+  assert.equal(loadConfig({ env: { BACKVAULT_WORKER_IDLE_SECONDS: '120' } }).worker_idle_seconds, 120);
+  for (const bad of ['0', '-1', '1.5', 'long', '86401']) assert.throws(() => loadConfig({ env: { BACKVAULT_WORKER_IDLE_SECONDS: bad } }), ConfigError, bad);
+});

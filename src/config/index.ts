@@ -30,6 +30,8 @@ export const ConfigSchema = Type.Object(
     job_lease_seconds: Type.Integer({ minimum: 5 }),
     /** seconds between scheduler passes over due policies */
     scheduler_tick_seconds: Type.Integer({ minimum: 1 }),
+    /** how long an idle worker thread (compression, files dump and restore) waits for its next job before it leaves */
+    worker_idle_seconds: Type.Integer({ minimum: 1, maximum: 86_400 }),
     /** a policy is late when no success came this long after a run was due */
     policy_late_grace_seconds: Type.Integer({ minimum: 0 }),
     /** retention always keeps at least this many newest successful backups of a policy */
@@ -106,6 +108,7 @@ export const DEFAULTS: Config = {
   default_max_backups: 0,
   job_lease_seconds: 60,
   scheduler_tick_seconds: 15,
+  worker_idle_seconds: 5,
   policy_late_grace_seconds: 3600,
   retention_min_keep: 1,
   job_timeout_seconds: { backup: 12 * 3600, restore: 12 * 3600, verify: 12 * 3600, import: 6 * 3600 },
@@ -143,6 +146,7 @@ const ENV: Record<string, keyof Config> = {
   BACKVAULT_DEFAULT_MAX_BACKUPS: 'default_max_backups',
   BACKVAULT_JOB_LEASE_SECONDS: 'job_lease_seconds',
   BACKVAULT_SCHEDULER_TICK_SECONDS: 'scheduler_tick_seconds',
+  BACKVAULT_WORKER_IDLE_SECONDS: 'worker_idle_seconds',
   BACKVAULT_POLICY_LATE_GRACE_SECONDS: 'policy_late_grace_seconds',
   BACKVAULT_RETENTION_MIN_KEEP: 'retention_min_keep',
   BACKVAULT_STORAGE: 'storage',

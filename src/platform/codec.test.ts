@@ -8,6 +8,7 @@ import { compress as zstdCompress, decompress as zstdDecompress } from 'zstd-nap
 import { AppError, isErrorCode } from '../errors/index.ts';
 import { MessageChannel } from 'node:worker_threads';
 import { codecPool, DecodeToPort, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
+import { workerIdle } from './workers.ts';
 import type { DecodedMessage } from './decoder.ts';
 import { lend } from './recycle.ts';
 import { decompressor } from './streams.ts';
@@ -302,8 +303,8 @@ describe('codec worker streams', () => {
   });
 
   it('lets a worker without streams go after a while, and the next stream starts a new one', async () => {
-    const idleMs = codecPool.idleMs;
-    codecPool.idleMs = 200;
+    const idleMs = workerIdle.ms;
+    workerIdle.ms = 200;
     try {
       const data = sample(300_000, 5);
       const z = new ZstdCompressHash(3);
@@ -323,7 +324,7 @@ describe('codec worker streams', () => {
       assert.deepEqual(zstdDecompress(await collect(chunks(data), again)), data);
       assert.equal(codecPool.started, started + 1);
     } finally {
-      codecPool.idleMs = idleMs;
+      workerIdle.ms = idleMs;
     }
   });
 });

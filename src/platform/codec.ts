@@ -26,7 +26,7 @@ import { AppError, ERRORS, type ErrorCode } from '../errors/index.ts';
 import { checkStoredEnd, storedTooLarge, type DecodeSpec } from './decoder.ts';
 import { noteBufferBytes } from './gc.ts';
 import { adopt, recycled } from './recycle.ts';
-import { startModuleWorker } from './workers.ts';
+import { startModuleWorker, workerIdle } from './workers.ts';
 
 export type CodecRequest =
   | { op: 'open'; id: number; mode: 'compress'; level: number }
@@ -82,18 +82,15 @@ const pool: PoolWorker[] = [];
 let nextId = 1;
 
 /**
- * The pool's counters (read by tests) and its idle time, the one setting
- * (tests shorten it). An idle codec worker costs ~9 MiB of the server's
- * memory (its own V8 heap, zstd's contexts and the buffers it keeps), so it
- * leaves after idleMs without a stream; starting one again takes tens of
- * milliseconds, against seconds for any sizeable stream.
+ * The pool's counters (read by tests). An idle codec worker costs ~9 MiB of
+ * the server's memory (its own V8 heap, zstd's contexts and the buffers it
+ * keeps), so it leaves after workerIdle.ms (workers.ts) without a stream.
  */
 export const codecPool = {
   /** Workers started since the process began. */
   started: 0,
   /** Workers alive. */
   live: () => pool.length,
-  idleMs: 5_000,
 };
 
 /** The worker with the fewest open streams; a new one while the pool is below its size. */
@@ -127,7 +124,7 @@ function startWorker(): PoolWorker {
   return p;
 }
 
-/** The worker's last stream closed: it leaves unless another comes within idleMs. */
+/** The worker's last stream closed: it leaves unless another comes within workerIdle.ms. */
 function idleWorker(p: PoolWorker): void {
   p.worker.unref();
   clearTimeout(p.idle);
@@ -136,7 +133,7 @@ function idleWorker(p: PoolWorker): void {
     const i = pool.indexOf(p);
     if (i >= 0) pool.splice(i, 1);
     void p.worker.terminate();
-  }, codecPool.idleMs);
+  }, workerIdle.ms);
   p.idle.unref();
 }
 

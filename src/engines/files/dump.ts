@@ -16,7 +16,7 @@
 // Workers are long-lived and reused: starting one (under tsx especially)
 // costs more than a small dump. Each runs one dump at a time; a dump takes an
 // idle worker or starts one, and up to MAX_IDLE stay for the next dumps,
-// leaving after IDLE_MS. A worker keeps the process alive only while it has
+// leaving after workerIdle.ms (workers.ts). A worker keeps the process alive only while it has
 // credit, i.e. while it works for a consumer that wants its bytes.
 //
 // Cancelling (the signal, or the consumer destroying the stream) sets a shared
@@ -30,7 +30,7 @@ import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threa
 import { AppError, type ErrorCode, ERRORS } from '../../errors/index.ts';
 import { noteBufferBytes } from '../../platform/gc.ts';
 import { lend } from '../../platform/recycle.ts';
-import { startModuleWorker } from '../../platform/workers.ts';
+import { startModuleWorker, workerIdle } from '../../platform/workers.ts';
 import type { DumpInfo } from '../engine.ts';
 import type { DumpSpec } from './dump-pack.ts';
 import { CANCEL, CELLS, CREDIT, type DumpReply, type DumpRequest } from './dump-protocol.ts';
@@ -47,9 +47,8 @@ import type { PathFilter } from './select.ts';
 const CREDIT_BATCHES = 2;
 /** The stream's buffer; a batch pushed past it waits for the consumer to give its credit back. */
 const HIGH_WATER = 512 * 1024;
-// Idle workers kept, and for how long: each costs about 10 MiB of the server's memory (its own V8 heap).
+// Idle workers kept (for workerIdle.ms): each costs about 10 MiB of the server's memory (its own V8 heap).
 const MAX_IDLE = 1;
-const IDLE_MS = 5_000;
 const CANCEL_GRACE_MS = 5_000;
 /**
  * A small young generation for the worker: what it allocates per file dies at
@@ -150,7 +149,7 @@ function release(slot: Slot): void {
     retire(slot);
     return;
   }
-  slot.idle = setTimeout(() => retire(slot), IDLE_MS);
+  slot.idle = setTimeout(() => retire(slot), workerIdle.ms);
   slot.idle.unref();
   idle.push(slot);
 }

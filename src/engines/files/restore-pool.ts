@@ -8,7 +8,7 @@
 //
 // Workers are long-lived and reused (starting one costs far more than a
 // small restore); an idle one does not keep the process alive and exits
-// after IDLE_MS. Backpressure: at most IN_FLIGHT batches are in the worker.
+// after workerIdle.ms (workers.ts). Backpressure: at most IN_FLIGHT batches are in the worker.
 // A job settles only once its worker has stopped touching staging (it
 // answered, or exited), so the caller may remove staging right after.
 import { type Readable, Writable } from 'node:stream';
@@ -18,7 +18,7 @@ import { AppError, ERRORS, type ErrorCode } from '../../errors/index.ts';
 import { DecodeToPort } from '../../platform/codec.ts';
 import { noteBufferBytes } from '../../platform/gc.ts';
 import { recycled } from '../../platform/recycle.ts';
-import { startModuleWorker } from '../../platform/workers.ts';
+import { startModuleWorker, workerIdle } from '../../platform/workers.ts';
 import type { DecodeSpec } from '../../platform/decoder.ts';
 import type { ExtractResult } from './extract-sync.ts';
 
@@ -46,8 +46,6 @@ export type PoolReply =
 
 const BATCH = 1024 * 1024;
 const IN_FLIGHT = 4;
-/** An idle worker costs about 10 MiB of the server's memory (its own V8 heap): it leaves soon. */
-const IDLE_MS = 5_000;
 /** After a cancel, the worker gets this long to stop by itself before it is terminated. */
 const CANCEL_GRACE_MS = 5_000;
 
@@ -192,7 +190,7 @@ function release(slot: Slot): void {
     // Out of the pool first: a job must not be given to a worker on its way out.
     slots.delete(slot);
     void slot.worker.terminate();
-  }, IDLE_MS);
+  }, workerIdle.ms);
   slot.idle.unref();
 }
 
