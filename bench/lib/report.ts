@@ -108,14 +108,22 @@ function verdictUnder(ms: number, limit: number): string {
   return `**missed: ${ms} ms is not under ${limit} ms**`;
 }
 
-const OPS: { op: string; what: string; ref: string; kind: 'backup' | 'restore' }[] = [
+/**
+ * The files restore reference with its writeback timed too (sync -f of the new tree). Backvault's
+ * restore ends with the files on disk (one syncfs before the swap), so this is the pipeline that
+ * does the same work, and the one its target is measured against; tar alone, which leaves the
+ * files to the kernel's writeback, is shown beside it.
+ */
+export const FILES_REF_SYNCED = 'reference, then sync -f';
+
+const OPS: { op: string; what: string; ref: string; kind: 'backup' | 'restore'; variant?: string }[] = [
   { op: 'pg_backup', what: 'PostgreSQL backup', ref: '`pg_dump -Fc -Z0 | zstd -3 > file`', kind: 'backup' },
   { op: 'pg_restore', what: 'PostgreSQL restore, new database', ref: '`createdb; zstd -d < file | pg_restore -d new`', kind: 'restore' },
   { op: 'mysql_backup', what: 'MariaDB backup', ref: '`mariadb-dump --single-transaction | zstd -3 > file`', kind: 'backup' },
   { op: 'mysql_restore', what: 'MariaDB restore, new database', ref: '`CREATE DATABASE; zstd -d < file | mariadb new`', kind: 'restore' },
   { op: 'redis_backup', what: 'Redis backup', ref: '`redis-cli --rdb file` (repl-diskless-sync-delay 0)', kind: 'backup' },
   { op: 'files_backup', what: 'files backup', ref: '`tar -cf - dir | zstd -3 > file`', kind: 'backup' },
-  { op: 'files_restore', what: 'files restore, new directory', ref: '`zstd -d < file | tar -xf - -C new`', kind: 'restore' },
+  { op: 'files_restore', what: 'files restore, new directory', ref: '`zstd -d < file | tar -xf - -C new; sync -f new` (on disk, as Backvault\'s)', kind: 'restore', variant: FILES_REF_SYNCED },
 ];
 
 function med(s: SizeResult, op: string, variant: string, key: 'ms' | 'bytes' | 'rssKb' | 'cpuS' = 'ms'): number {
@@ -124,9 +132,6 @@ function med(s: SizeResult, op: string, variant: string, key: 'ms' | 'bytes' | '
 }
 
 
-/** The files restore reference with its writeback timed too (sync -f of the new tree), as Backvault's restore syncs before it ends. */
-export const FILES_REF_SYNCED = 'reference, then sync -f';
-
 function timeTable(s: SizeResult): string[] {
   const out = [
     `| measurement | Backvault | reference | ratio | target (≤ 1.2x) | Backvault server CPU | runs (Backvault; reference) |`,
@@ -134,18 +139,19 @@ function timeTable(s: SizeResult): string[] {
   ];
   for (const o of OPS) {
     const bv = med(s, o.op, 'backvault');
-    const ref = med(s, o.op, 'reference');
+    const variant = o.variant ?? 'reference';
+    const ref = med(s, o.op, variant);
     const runs = (v: string) => (s.ops[o.op]?.[v] ?? []).map((x) => (x.ms / 1000).toFixed(2)).join(', ');
     const target = o.op === 'redis_backup' ? 'n/a (different work, see below)' : verdict(bv / ref, 1.2);
-    out.push(`| ${o.what} | ${sec(bv)} | ${sec(ref)} ${o.ref} | ${ratio(bv, ref)} | ${target} | ${med(s, o.op, 'backvault', 'cpuS').toFixed(1)} s | ${runs('backvault')}; ${runs('reference')} |`);
+    out.push(`| ${o.what} | ${sec(bv)} | ${sec(ref)} ${o.ref} | ${ratio(bv, ref)} | ${target} | ${med(s, o.op, 'backvault', 'cpuS').toFixed(1)} s | ${runs('backvault')}; ${runs(variant)} |`);
     if (o.op === 'pg_restore') {
       const v = 'reference -j2 (zstd -d to file, then pg_restore -j2)';
       const j2 = med(s, o.op, v);
       out.push(`| PostgreSQL restore vs parallel reference | ${sec(bv)} | ${sec(j2)} \`zstd -d file -o tmp; createdb; pg_restore -j2 -d new tmp\` | ${ratio(bv, j2)} | ${verdict(bv / j2, 1.2)} | | ; ${(s.ops[o.op]?.[v] ?? []).map((x) => (x.ms / 1000).toFixed(2)).join(', ')} |`);
     }
-    if (o.op === 'files_restore' && s.ops[o.op]?.[FILES_REF_SYNCED]) {
-      const d = med(s, o.op, FILES_REF_SYNCED);
-      out.push(`| files restore vs reference made durable | ${sec(bv)} | ${sec(d)} the same, then \`sync -f new\` | ${ratio(bv, d)} | (informative) | | ; ${(s.ops[o.op]?.[FILES_REF_SYNCED] ?? []).map((x) => (x.ms / 1000).toFixed(2)).join(', ')} |`);
+    if (o.op === 'files_restore') {
+      const t = med(s, o.op, 'reference');
+      out.push(`| files restore vs tar alone (files left to writeback) | ${sec(bv)} | ${sec(t)} \`zstd -d < file \| tar -xf - -C new\` | ${ratio(bv, t)} | (informative) | | ; ${runs('reference')} |`);
     }
     if (o.op === 'pg_backup') {
       const r = med(s, o.op, 'restic');
