@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import tarStream from 'tar-stream';
 import { archiveArtifactPath, manifestProblems, type Manifest, type ManifestResource } from '../domain/manifest.ts';
 import { AppError } from '../errors/index.ts';
-import { ChecksumVerifier } from '../platform/streams.ts';
+import { VerifiedPassThrough } from '../platform/codec.ts';
 
 export interface ReadArchiveOptions {
   /** largest manifest.json accepted, in bytes */
@@ -184,7 +184,8 @@ export async function passArtifact(
   record: (err: AppError) => AppError,
   pumpFailure: (err: unknown) => AppError,
 ): Promise<void> {
-  const data = new ChecksumVerifier(resource.sha256, resource.size, `Artifact ${name} of resource ${resource.name}`);
+  // Hashed in a codec worker, off the event loop.
+  const data = new VerifiedPassThrough(resource.sha256, resource.size, `Artifact ${name} of resource ${resource.name}`);
   // A size or checksum error is recorded as it happens: it explains why the
   // consumer then fails, so it must win over the consumer's error.
   data.on('error', (err) => {

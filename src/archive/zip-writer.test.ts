@@ -6,6 +6,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import yauzl from 'yauzl';
 import { AppError } from '../errors/index.ts';
+import { codecPool } from '../platform/codec.ts';
 import { exchangeZipSize, writeExchangeZip } from './zip-writer.ts';
 import { collect, makeBackup } from './testkit.ts';
 
@@ -86,7 +87,7 @@ describe('exchange zip writer', () => {
     }
   });
 
-  it('closes the open artifact when the consumer goes away', async () => {
+  it('closes the open artifact, and its checksum stream in the codec worker, when the consumer goes away', async () => {
     const b = await makeBackup([{ name: 'db', size: 10 }]);
     try {
       const stalled = new PassThrough();
@@ -103,6 +104,7 @@ describe('exchange zip writer', () => {
       out.destroy();
       await new Promise((r) => setImmediate(r));
       assert.ok(stalled.destroyed, 'the artifact stream is closed');
+      assert.equal(codecPool.openStreams(), 0, 'no checksum stream is left open in a codec worker');
     } finally {
       await b.cleanup();
     }

@@ -8,7 +8,7 @@
 import { Readable } from 'node:stream';
 import { ZipFile, type EndOptions } from 'yazl';
 import { archiveArtifactPath, type Manifest } from '../domain/manifest.ts';
-import { ChecksumVerifier } from '../platform/streams.ts';
+import { VerifiedPassThrough } from '../platform/codec.ts';
 import type { OpenArtifact } from './writer.ts';
 
 const FILE_MODE = 0o100644;
@@ -78,11 +78,16 @@ export function writeExchangeZip(manifestBytes: Buffer, manifest: Manifest, open
             source.destroy();
             return;
           }
-          const checked = new ChecksumVerifier(r.sha256, r.size, `artifact ${path} in storage`);
+          // Hashed in a codec worker, off the event loop; destroyed with the output like the source, so an aborted download closes its stream in the worker too.
+          const checked = new VerifiedPassThrough(r.sha256, r.size, `artifact ${path} in storage`);
           open.add(source);
+          open.add(checked);
           source.on('error', fail);
           checked.on('error', fail);
-          checked.on('end', () => open.delete(source));
+          checked.on('end', () => {
+            open.delete(source);
+            open.delete(checked);
+          });
           source.pipe(checked);
           cb(null, checked);
         },

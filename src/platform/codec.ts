@@ -91,6 +91,8 @@ export const codecPool = {
   started: 0,
   /** Workers alive. */
   live: () => pool.length,
+  /** Streams open in them (each holds its worker in the pool and the process alive). */
+  openStreams: () => pool.reduce((n, p) => n + p.streams.size, 0),
 };
 
 /** The worker with the fewest open streams; a new one while the pool is below its size. */

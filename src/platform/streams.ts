@@ -11,7 +11,7 @@ import { DecompressStream } from 'zstd-napi';
 import type { Compression } from '../domain/types.ts';
 import { AppError } from '../errors/index.ts';
 import { DecodeToFile, Sha256PassThrough, VerifiedPassThrough, VerifiedZstdDecompress, ZstdCompressHash } from './codec.ts';
-import { checkStoredEnd, storedTooLarge, storedUndecodable, type DecodeSpec } from './decoder.ts';
+import { storedUndecodable, type DecodeSpec } from './decoder.ts';
 
 /** Passes bytes through and counts them. */
 export class ByteCounter extends Transform {
@@ -56,44 +56,6 @@ export class HashCounter extends Transform {
   get sha256(): string {
     if (this.hex === undefined) throw new Error('HashCounter: stream has not ended');
     return this.hex;
-  }
-}
-
-/**
- * Passes bytes through and, at the end, errors unless they had the expected
- * size and sha256. Consumers that commit only after a clean end therefore
- * never commit tampered data. It hashes on the calling thread, unlike the
- * codec's verifiers (imports and zip downloads use it).
- */
-export class ChecksumVerifier extends Transform {
-  private readonly hash = createHash('sha256');
-  private bytes = 0;
-
-  constructor(
-    private readonly expectedSha256: string,
-    private readonly expectedSize: number,
-    private readonly label: string,
-  ) {
-    super();
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.bytes += chunk.length;
-    if (this.bytes > this.expectedSize) {
-      cb(storedTooLarge(this.label, this.expectedSize));
-      return;
-    }
-    this.hash.update(chunk);
-    cb(null, chunk);
-  }
-
-  override _flush(cb: TransformCallback): void {
-    try {
-      checkStoredEnd(this.label, { size: this.expectedSize, sha256: this.expectedSha256 }, { bytes: this.bytes, sha256: this.hash.digest('hex') });
-      cb();
-    } catch (err) {
-      cb(err as Error);
-    }
   }
 }
 
