@@ -31,8 +31,8 @@ export function startModuleWorker(callerUrl: string, name: string, options: Work
  * How long an idle worker thread of the codec, files dump and files restore
  * pools waits for its next job before it leaves (config
  * `worker_idle_seconds`; tests shorten it). A waiting worker costs ~10 MiB
- * of the server's memory; a new one costs its start (~40 ms, ~60 ms of CPU)
- * and runs its first job on cold compiled code and fresh memory.
- * bench/worker-warmth.ts measures the difference through the API.
+ * of the server's memory; a new one costs its start and runs its first job
+ * on cold compiled code and fresh memory. bench/worker-warmth.ts measures
+ * the difference through the API.
  */
 export const workerIdle = { ms: 5_000 };
