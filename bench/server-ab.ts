@@ -10,12 +10,11 @@
 // reads, the restore service's streams, the job). Restored trees are kept
 // until the end (lib/deleted-inodes.ts). Needs root (drop_caches).
 // Usage: node --import tsx bench/server-ab.ts --old DIR [--size-mb 1000] [--runs 4] [--work DIR]
-import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { writeTree } from './lib/datasets.ts';
+import { freshWorkTree } from './lib/datasets.ts';
 import { awaitDeletionsAged, removeTree } from './lib/deleted-inodes.ts';
 import { median } from './lib/report.ts';
 import { settleDisk } from './lib/cold.ts';
@@ -34,12 +33,7 @@ const work = resolve(opt.work!);
 const runs = Number(opt.runs);
 const { Backvault: OldBackvault } = (await import(pathToFileURL(join(resolve(opt.old), 'bench/lib/server.ts')).href)) as { Backvault: typeof Backvault };
 
-await removeTree(work);
-const src = join(work, 'src');
-const restored = join(work, 'restored');
-await mkdir(restored, { recursive: true });
-const tree = await writeTree(src, Number(opt['size-mb']) * 1e6, 11);
-console.error(`tree: ${tree.files} files, ${(tree.bytes / 1e6).toFixed(0)} MB`);
+const { src, restored } = await freshWorkTree(work, Number(opt['size-mb']));
 
 interface Side {
   name: 'old' | 'new';

@@ -9,13 +9,12 @@
 // seen) and server CPU (all its threads), and every run. Needs root
 // (drop_caches). Restored trees are kept until the end (lib/deleted-inodes.ts).
 // Usage: node --import tsx bench/worker-warmth.ts [--size-mb 250] [--runs 6] [--only backup|restore] [--work DIR]
-import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { settleDisk } from './lib/cold.ts';
-import { writeTree } from './lib/datasets.ts';
+import { freshWorkTree } from './lib/datasets.ts';
 import { awaitDeletionsAged, removeTree } from './lib/deleted-inodes.ts';
 import { median } from './lib/report.ts';
 import { Backvault, Sampler } from './lib/server.ts';
@@ -32,11 +31,7 @@ const work = resolve(opt.work!);
 const runs = Number(opt.runs);
 const kinds = opt.only ? [opt.only] : ['backup', 'restore'];
 if (kinds.some((k) => k !== 'backup' && k !== 'restore')) throw new Error('--only backup|restore');
-const src = join(work, 'src');
-const restored = join(work, 'restored');
-await mkdir(restored, { recursive: true });
-const tree = await writeTree(src, Number(opt['size-mb']) * 1e6, 11);
-console.error(`tree: ${tree.files} files, ${(tree.bytes / 1e6).toFixed(0)} MB`);
+const { src, restored } = await freshWorkTree(work, Number(opt['size-mb']));
 
 interface Side {
   name: 'new workers' | 'kept workers';

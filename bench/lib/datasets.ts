@@ -5,6 +5,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
 import { join } from 'node:path';
+import { removeTree } from './deleted-inodes.ts';
 import { MY, PG, q, sh } from './sh.ts';
 import { MY_LOAD, MY_SCHEMA, PG_INDEXES, PG_SCHEMA, type TableFile } from './tables.ts';
 import { Rng, Vocabulary, timestamp } from './rng.ts';
@@ -209,4 +210,19 @@ export async function writeTree(root: string, totalBytes: number, seed: number):
     files++;
   }
   return { files, bytes, small, large: count };
+}
+
+/**
+ * A work directory for comparing two servers on the bench tree: whatever an
+ * earlier run left there removed (a server's old data directory would keep
+ * its key and print none), the tree written to src/, an empty restored/.
+ */
+export async function freshWorkTree(work: string, sizeMb: number): Promise<{ src: string; restored: string; tree: TreeStats }> {
+  await removeTree(work);
+  const src = join(work, 'src');
+  const restored = join(work, 'restored');
+  await mkdir(restored, { recursive: true });
+  const tree = await writeTree(src, sizeMb * 1e6, 11);
+  console.error(`tree: ${tree.files} files, ${(tree.bytes / 1e6).toFixed(0)} MB`);
+  return { src, restored, tree };
 }
