@@ -116,14 +116,14 @@ function verdictUnder(ms: number, limit: number): string {
  */
 export const FILES_REF_SYNCED = 'reference, then sync -f';
 
-const OPS: { op: string; what: string; ref: string; kind: 'backup' | 'restore'; variant?: string }[] = [
-  { op: 'pg_backup', what: 'PostgreSQL backup', ref: '`pg_dump -Fc -Z0 | zstd -3 > file`', kind: 'backup' },
-  { op: 'pg_restore', what: 'PostgreSQL restore, new database', ref: '`createdb; zstd -d < file | pg_restore -d new`', kind: 'restore' },
-  { op: 'mysql_backup', what: 'MariaDB backup', ref: '`mariadb-dump --single-transaction | zstd -3 > file`', kind: 'backup' },
-  { op: 'mysql_restore', what: 'MariaDB restore, new database', ref: '`CREATE DATABASE; zstd -d < file | mariadb new`', kind: 'restore' },
-  { op: 'redis_backup', what: 'Redis backup', ref: '`redis-cli --rdb file` (repl-diskless-sync-delay 0)', kind: 'backup' },
-  { op: 'files_backup', what: 'files backup', ref: '`tar -cf - dir | zstd -3 > file`', kind: 'backup' },
-  { op: 'files_restore', what: 'files restore, new directory', ref: '`zstd -d < file | tar -xf - -C new; sync -f new` (on disk, as Backvault\'s)', kind: 'restore', variant: FILES_REF_SYNCED },
+const OPS: { op: string; what: string; ref: string; variant?: string }[] = [
+  { op: 'pg_backup', what: 'PostgreSQL backup', ref: '`pg_dump -Fc -Z0 | zstd -3 > file`' },
+  { op: 'pg_restore', what: 'PostgreSQL restore, new database', ref: '`createdb; zstd -d < file | pg_restore -d new`' },
+  { op: 'mysql_backup', what: 'MariaDB backup', ref: '`mariadb-dump --single-transaction | zstd -3 > file`' },
+  { op: 'mysql_restore', what: 'MariaDB restore, new database', ref: '`CREATE DATABASE; zstd -d < file | mariadb new`' },
+  { op: 'redis_backup', what: 'Redis backup', ref: '`redis-cli --rdb file` (repl-diskless-sync-delay 0)' },
+  { op: 'files_backup', what: 'files backup', ref: '`tar -cf - dir | zstd -3 > file`' },
+  { op: 'files_restore', what: 'files restore, new directory', ref: '`zstd -d < file | tar -xf - -C new; sync -f new` (on disk, as Backvault\'s)', variant: FILES_REF_SYNCED },
 ];
 
 function med(s: SizeResult, op: string, variant: string, key: 'ms' | 'bytes' | 'rssKb' | 'cpuS' = 'ms'): number {
